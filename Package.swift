@@ -1,0 +1,61 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "securemsg",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "securemsg", targets: ["securemsg"]),
+        .library(name: "SecureMsgCore", targets: ["SecureMsgCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries. No C shim code: OpenSSL, readline and libpcap import directly.
+        .systemLibrary(
+            name: "CSSL",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // No pkgConfig: readline.pc pulls flags (-D_XOPEN_SOURCE) that SwiftPM refuses.
+        .systemLibrary(name: "CReadline", providers: [.apt(["libreadline-dev"])]),
+        // No pkgConfig: libpcap.pc names dbus-1 as a private requirement that may be absent.
+        .systemLibrary(name: "CPcap", providers: [.apt(["libpcap-dev"])]),
+
+        // The protocol: keys, crypto, frame codec, session state machine. No I/O.
+        .target(name: "SecureMsgCore", dependencies: ["CSSL"]),
+        // pcap/pcapng reading and TCP stream reassembly for decrypt-log.
+        .target(name: "SecureMsgCapture", dependencies: ["CPcap"]),
+        // SwiftNIO drivers of the core session for serve, send and repl.
+        .target(
+            name: "SecureMsgNet",
+            dependencies: [
+                "SecureMsgCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "securemsg",
+            dependencies: [
+                "SecureMsgCore",
+                "SecureMsgNet",
+                "SecureMsgCapture",
+                "CReadline",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "SecureMsgCoreTests",
+            dependencies: ["SecureMsgCore"],
+            resources: []
+        ),
+        .testTarget(name: "SecureMsgCaptureTests", dependencies: ["SecureMsgCapture", "SecureMsgCore"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["SecureMsgCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
