@@ -1,0 +1,108 @@
+/// Handshake messages and key confirmation (docs/PROTOCOL.md, "Handshake").
+///
+///     ClientHello    = "SMSG" | 0x01 | client_nonce[32]                       (37 bytes)
+///     ServerHello    = "SMSG" | 0x01 | server_nonce[32] | server_confirm[32]  (69 bytes)
+///     ClientFinished = client_confirm[32]                                     (32 bytes)
+///
+///     server_confirm = HMAC-SHA256(server confirmation key, ClientHello ‖ ServerHello[0..<37])
+///     client_confirm = HMAC-SHA256(client confirmation key, ClientHello ‖ ServerHello)
+enum Handshake {
+    static func hello(nonce: [UInt8]) -> [UInt8] {
+        Wire.magic + [Wire.version] + nonce
+    }
+
+    /// Rejects a wrong magic or version as soon as the bytes that show it have arrived, so an HTTP
+    /// request or a TLS ClientHello is refused at its first bytes rather than after a timeout.
+    static func checkHelloPrefix(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) {
+        for (i, expected) in Wire.magic.enumerated() where i < bytes.count {
+            guard bytes[i] == expected else { throw .badMagic }
+        }
+        if bytes.count > Wire.magic.count, bytes[Wire.magic.count] != Wire.version {
+            throw .unsupportedVersion(bytes[Wire.magic.count])
+        }
+    }
+
+    /// The nonce of a complete hello whose prefix has been checked.
+    static func nonce(ofHello bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        Array(bytes[(Wire.magic.count + 1)..<(Wire.magic.count + 1 + Wire.nonceLength)])
+    }
+
+    static func serverConfirmation(keys: SessionKeys, clientHello: [UInt8], serverHelloPrefix: [UInt8]) -> [UInt8] {
+        HMACSHA256.authenticate(key: keys.serverConfirmation, message: clientHello + serverHelloPrefix)
+    }
+
+    static func clientConfirmation(keys: SessionKeys, clientHello: [UInt8], serverHello: [UInt8]) -> [UInt8] {
+        HMACSHA256.authenticate(key: keys.clientConfirmation, message: clientHello + serverHello)
+    }
+}
+
+/// Accumulates a stream into whole protocol units (handshake messages, then frames) without copying
+/// when a unit lies entirely inside one received chunk — the common case for large reads.
+struct UnitAssembler {
+    private var pending: [UInt8] = []
+
+    var hasPartialUnit: Bool { !pending.isEmpty }
+    var pendingCount: Int { pending.count }
+
+    /// Calls `unitLength` with the bytes of the unit so far; it returns the unit's total length once it
+    /// can tell (or nil to ask for more), and may throw to reject a prefix. Calls `process` with each whole
+    /// unit, which returns false to stop (the rest of the input is kept for a later `feed`).
+    mutating func feed(
+        _ input: UnsafeRawBufferPointer,
+        unitLength: (UnsafeRawBufferPointer) throws(ProtocolError) -> Int?,
+        process: (UnsafeRawBufferPointer) throws(ProtocolError) -> Bool
+    ) throws(ProtocolError) {
+        var rest = input
+        while !rest.isEmpty {
+            if pending.isEmpty {
+                // Fast path: the unit may be whole in the input.
+                if let length = try unitLength(rest), rest.count >= length {
+                    let unit = UnsafeRawBufferPointer(rebasing: rest[..<length])
+                    rest = UnsafeRawBufferPointer(rebasing: rest[length...])
+                    if try !process(unit) { break }
+                    continue
+                }
+                pending.append(contentsOf: rest)
+                rest = UnsafeRawBufferPointer(start: nil, count: 0)
+            } else {
+                // Slow path: complete the pending unit byte range by byte range.
+                let known = try withBytes(pending, unitLength)
+                let want = (known ?? (pending.count + 1)) - pending.count
+                let take = min(want, rest.count)
+                pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[..<take]))
+                rest = UnsafeRawBufferPointer(rebasing: rest[take...])
+                guard let length = try withBytes(pending, unitLength),
+                      pending.count == length else { continue }
+                let unit = pending
+                pending.removeAll(keepingCapacity: pending.capacity <= 64 * 1024)
+                let keepGoing = try withBytes(unit, process)
+                if !keepGoing { break }
+            }
+        }
+        if !rest.isEmpty { pending.append(contentsOf: rest) }
+    }
+
+    /// Reprocesses what is pending (after a stop) with the current rules.
+    mutating func drain(
+        unitLength: (UnsafeRawBufferPointer) throws(ProtocolError) -> Int?,
+        process: (UnsafeRawBufferPointer) throws(ProtocolError) -> Bool
+    ) throws(ProtocolError) {
+        let held = pending
+        pending.removeAll()
+        try withBytes(held) { (h) throws(ProtocolError) in try feed(h, unitLength: unitLength, process: process) }
+    }
+}
+
+/// The length of the frame that starts `bytes`, once its length field is in, after validating it.
+func frameUnitLength(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> Int? {
+    guard bytes.count >= Wire.lengthFieldSize else { return nil }
+    let length = Int(loadBigEndian(bytes.baseAddress!))
+    try FrameOpener.validateLength(length)
+    return Wire.lengthFieldSize + length
+}
+
+/// `Array.withUnsafeBytes` with a typed-throws body (the standard one rethrows untyped errors).
+@inline(__always)
+func withBytes<R>(_ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ProtocolError) -> R) throws(ProtocolError) -> R {
+    try array.withUnsafeBytes { bytes in Result { () throws(ProtocolError) -> R in try body(bytes) } }.get()
+}

@@ -1,0 +1,98 @@
+/// The 32-byte pre-shared key, and its one text encoding (docs/PROTOCOL.md, "Key file").
+///
+/// Key file: any number of lines starting with `#` (comments) or blank, and exactly one line of
+/// 64 hexadecimal digits (either case). Surrounding white space is ignored. `keygen` writes a comment
+/// line and the hex line. SECUREMSG_KEY holds the 64 hex digits alone.
+public struct PreSharedKey: Sendable {
+    public static let length = 32
+    public let bytes: [UInt8]
+
+    public enum ParseError: Error, Equatable, CustomStringConvertible {
+        case noKeyLine
+        case severalKeyLines
+        case notHex
+        case wrongLength(Int)
+
+        // Never quotes the input: it may be (most of) a key.
+        public var description: String {
+            switch self {
+            case .noKeyLine: "no key found (expected one line of 64 hex digits)"
+            case .severalKeyLines: "more than one key line (expected exactly one line of 64 hex digits)"
+            case .notHex: "the key is not hexadecimal (expected 64 hex digits)"
+            case .wrongLength(let digits): "the key has \(digits) hex digits; expected 64 (32 bytes)"
+            }
+        }
+    }
+
+    public init(bytes: [UInt8]) {
+        precondition(bytes.count == Self.length, "a pre-shared key is 32 bytes")
+        self.bytes = bytes
+    }
+
+    /// Parses the text of a key file or of SECUREMSG_KEY.
+    public init(parsing text: String) throws(ParseError) {
+        var keyLine: Substring?
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
+            let line = rawLine.trimmingWhitespace()
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard keyLine == nil else { throw .severalKeyLines }
+            keyLine = line
+        }
+        guard let keyLine else { throw .noKeyLine }
+        guard let decoded = Hex.decode(keyLine) else { throw .notHex }
+        guard decoded.count == Self.length, keyLine.utf8.count == 2 * Self.length else {
+            throw .wrongLength(keyLine.utf8.count)
+        }
+        self.bytes = decoded
+    }
+
+    /// The key-file text `keygen` writes.
+    public var fileText: String {
+        "# securemsg pre-shared key (AES-256 + HMAC-SHA256). Keep it secret; mode 0600.\n\(Hex.encode(bytes))\n"
+    }
+}
+
+extension Substring {
+    func trimmingWhitespace() -> Substring {
+        var s = self
+        while let c = s.first, c.isWhitespace { s.removeFirst() }
+        while let c = s.last, c.isWhitespace { s.removeLast() }
+        return s
+    }
+}
+
+/// Lowercase hexadecimal, used by key files, fixtures and logs of non-secret bytes.
+public enum Hex {
+    public static func encode(_ bytes: some Sequence<UInt8>) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0x0F)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// nil for odd length or a non-hex character.
+    public static func decode(_ text: some StringProtocol) -> [UInt8]? {
+        let utf8 = Array(text.utf8)
+        guard utf8.count % 2 == 0 else { return nil }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+            default: nil
+            }
+        }
+        var out = [UInt8]()
+        out.reserveCapacity(utf8.count / 2)
+        var i = 0
+        while i < utf8.count {
+            guard let hi = nibble(utf8[i]), let lo = nibble(utf8[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+}

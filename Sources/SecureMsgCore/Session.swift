@@ -1,0 +1,292 @@
+/// The protocol state machine of one connection, for the client or the server (sans-I/O).
+///
+/// A driver feeds it the bytes it receives (`receive`), acts on the events it returns, asks it to send
+/// (`sendLines`, `acknowledge`, `disconnect`) and writes out whatever `takeOutbound` hands back. It owns
+/// every protocol rule; the driver owns sockets, timers and files. See docs/PROTOCOL.md, "State machine".
+public final class Session {
+    public enum Role: Sendable { case client, server }
+
+    public enum State: Sendable, Equatable {
+        case awaitingHello  // client: ServerHello; server: ClientHello
+        case awaitingFinished  // server only: ClientFinished
+        case established
+        case disconnectSent  // we sent DISCONNECT first; waiting for the peer's
+        case disconnectReceived  // peer sent DISCONNECT first; we may still ACK, then must answer
+        case closed  // both DISCONNECTs exchanged: close the transport
+        case failed
+    }
+
+    public enum Event: Sendable, Equatable {
+        case handshakeCompleted
+        /// Server: a DATA frame. `lines` is its plaintext: one or more lines, each ending in "\n".
+        case data(sequence: UInt64, lines: [UInt8])
+        /// Client: an ACK covering frames up to `sequence`; `lines` were newly acknowledged by it.
+        case acknowledged(sequence: UInt64, lines: Int)
+        /// The peer sent DISCONNECT first. A server ACKs what it holds, then calls `disconnect()`;
+        /// a client answers with `disconnect()` at once.
+        case peerDisconnected(reason: String)
+        /// The DISCONNECT exchange is complete.
+        case closed
+    }
+
+    public let role: Role
+    public private(set) var state: State = .awaitingHello
+    private let preSharedKey: PreSharedKey
+    private let random: RandomSource
+    private var localNonce: [UInt8] = []
+    private var clientHello: [UInt8] = []
+    private var serverHello: [UInt8] = []
+    private var keys: SessionKeys?
+    private var sealer: FrameSealer?
+    private var opener: FrameOpener?
+    private var assembler = UnitAssembler()
+    private var outbound: [UInt8] = []
+
+    // Client: DATA frames in flight, oldest first, as (sequence, line count).
+    private var inFlight: [(sequence: UInt64, lines: Int)] = []
+    private var inFlightHead = 0
+    public private(set) var acknowledgedLines = 0
+    public private(set) var sentLines = 0
+
+    // Server: what has arrived and what has been acknowledged.
+    public private(set) var lastDataSequence: UInt64?
+    public private(set) var lastAcknowledgedSequence: UInt64?
+
+    public init(role: Role, key: PreSharedKey, random: RandomSource = SystemRandom()) {
+        self.role = role
+        self.preSharedKey = key
+        self.random = random
+        if role == .client {
+            localNonce = random.bytes(Wire.nonceLength)
+            clientHello = Handshake.hello(nonce: localNonce)
+            outbound = clientHello
+        }
+    }
+
+    // MARK: Output
+
+    /// Bytes to write to the peer, in order; the session forgets them.
+    public func takeOutbound() -> [UInt8] {
+        defer { outbound.removeAll(keepingCapacity: false) }
+        return outbound
+    }
+
+    public var hasOutbound: Bool { !outbound.isEmpty }
+
+    /// Lines sent but not yet acknowledged (client).
+    public var unacknowledgedLines: Int { sentLines - acknowledgedLines }
+
+    /// True while the client may send DATA.
+    public var canSend: Bool { state == .established }
+
+    /// Client: sends one DATA frame holding `lines` (one or more lines, each ending in "\n"; at most
+    /// `Wire.maximumPlaintextLength` bytes). Returns its sequence number.
+    @discardableResult
+    public func sendLines(_ lines: UnsafeRawBufferPointer, lineCount: Int) -> UInt64 {
+        precondition(role == .client && state == .established, "DATA is sent by an established client")
+        precondition(lines.count > 0 && lines[lines.count - 1] == 0x0A && lineCount > 0)
+        let sealer = self.sealer!
+        let sequence = sealer.nextSequence
+        sealer.seal(.data, plaintext: lines, appendingTo: &outbound)
+        inFlight.append((sequence, lineCount))
+        sentLines += lineCount
+        return sequence
+    }
+
+    @discardableResult
+    public func sendLines(_ lines: [UInt8], lineCount: Int) -> UInt64 {
+        lines.withUnsafeBytes { sendLines($0, lineCount: lineCount) }
+    }
+
+    /// Server: acknowledges every DATA frame up to `sequence` (which must have arrived). Call it only
+    /// once the lines are durably written: an ACK is the promise that they are logged.
+    public func acknowledge(through sequence: UInt64) {
+        precondition(role == .server && (state == .established || state == .disconnectReceived))
+        precondition(lastDataSequence.map { sequence <= $0 } ?? false, "ACK for a frame that has not arrived")
+        if let last = lastAcknowledgedSequence, sequence <= last { return }
+        lastAcknowledgedSequence = sequence
+        let text = Array("\(Wire.acknowledgementText) \(sequence)".utf8)
+        text.withUnsafeBytes { sealer!.seal(.ack, plaintext: $0, appendingTo: &outbound) }
+    }
+
+    /// Sends DISCONNECT (first, or in answer to the peer's). `reason` is short UTF-8 text, e.g.
+    /// "server shutting down"; empty for an ordinary end.
+    public func disconnect(reason: String = "") {
+        switch state {
+        case .established:
+            state = .disconnectSent
+        case .disconnectReceived:
+            state = .closed
+        default:
+            return  // nothing to say before the handshake, or twice
+        }
+        let text = Array(reason.utf8.prefix(1024))
+        text.withUnsafeBytes { sealer!.seal(.disconnect, plaintext: $0, appendingTo: &outbound) }
+    }
+
+    // MARK: Input
+
+    /// Feeds received bytes. Throws on the first protocol failure; the session is then `failed`, and the
+    /// driver writes any `takeOutbound()` bytes (a ClientFinished, so the server learns of a key
+    /// mismatch too) and closes.
+    public func receive(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> [Event] {
+        guard state != .failed else { throw .protocolViolation("session already failed") }
+        var events: [Event] = []
+        do {
+            try assembler.feed(
+                bytes,
+                unitLength: { (prefix) throws(ProtocolError) -> Int? in try self.unitLength(prefix) },
+                process: { (unit) throws(ProtocolError) -> Bool in
+                    try self.process(unit, events: &events)
+                    return true
+                })
+        } catch {
+            state = .failed
+            throw error
+        }
+        return events
+    }
+
+    public func receive(_ bytes: [UInt8]) throws(ProtocolError) -> [Event] {
+        try withBytes(bytes) { (b) throws(ProtocolError) -> [Event] in try receive(b) }
+    }
+
+    /// The peer closed its side. Fine after the DISCONNECT exchange (or after we sent ours); otherwise an error.
+    public func receiveEndOfStream() throws(ProtocolError) {
+        switch state {
+        case .closed, .failed:
+            return
+        case .disconnectSent where role == .server:
+            return  // a server that ended the session need not wait for the client's answer
+        default:
+            state = .failed
+            throw assembler.hasPartialUnit ? .truncated : .closedWithoutDisconnect
+        }
+    }
+
+    private func unitLength(_ prefix: UnsafeRawBufferPointer) throws(ProtocolError) -> Int? {
+        switch state {
+        case .awaitingHello:
+            try Handshake.checkHelloPrefix(prefix)
+            return role == .server ? Wire.clientHelloLength : Wire.serverHelloLength
+        case .awaitingFinished:
+            return Wire.clientFinishedLength
+        default:
+            return try frameUnitLength(prefix)
+        }
+    }
+
+    private func process(_ unit: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
+        switch (state, role) {
+        case (.awaitingHello, .server):
+            clientHello = Array(unit)
+            localNonce = random.bytes(Wire.nonceLength)
+            let keys = SessionKeys(preSharedKey: preSharedKey, clientNonce: Handshake.nonce(ofHello: unit), serverNonce: localNonce)
+            let prefix = Handshake.hello(nonce: localNonce)
+            serverHello = prefix + Handshake.serverConfirmation(keys: keys, clientHello: clientHello, serverHelloPrefix: prefix)
+            outbound.append(contentsOf: serverHello)
+            install(keys)
+            self.keys = keys
+            state = .awaitingFinished
+        case (.awaitingFinished, .server):
+            let expected = Handshake.clientConfirmation(keys: keys!, clientHello: clientHello, serverHello: serverHello)
+            keys = nil  // only the frame contexts need key material from here on
+            guard expected.withUnsafeBytes({ constantTimeEquals($0, unit) }) else { throw .keyMismatch }
+            clientHello = []
+            serverHello = []
+            state = .established
+            events.append(.handshakeCompleted)
+        case (.awaitingHello, .client):
+            serverHello = Array(unit)
+            let keys = SessionKeys(preSharedKey: preSharedKey, clientNonce: localNonce, serverNonce: Handshake.nonce(ofHello: unit))
+            // ClientFinished goes out even when the server's confirmation is wrong, so that the server
+            // also reports "key mismatch" instead of a bare disconnect.
+            outbound.append(contentsOf: Handshake.clientConfirmation(keys: keys, clientHello: clientHello, serverHello: serverHello))
+            let expected = Handshake.serverConfirmation(keys: keys, clientHello: clientHello, serverHelloPrefix: Array(unit[..<Wire.clientHelloLength]))
+            guard expected.withUnsafeBytes({ constantTimeEquals($0, UnsafeRawBufferPointer(rebasing: unit[Wire.clientHelloLength...])) }) else {
+                throw .keyMismatch
+            }
+            install(keys)
+            clientHello = []
+            serverHello = []
+            state = .established
+            events.append(.handshakeCompleted)
+        default:
+            try processFrame(unit, events: &events)
+        }
+    }
+
+    private func install(_ keys: SessionKeys) {
+        let (sendDirection, receiveDirection): (Direction, Direction) =
+            role == .client ? (.clientToServer, .serverToClient) : (.serverToClient, .clientToServer)
+        sealer = FrameSealer(encryptionKey: keys.encryptionKey(sendDirection), authenticationKey: keys.authenticationKey(sendDirection), random: random)
+        opener = FrameOpener(encryptionKey: keys.encryptionKey(receiveDirection), authenticationKey: keys.authenticationKey(receiveDirection))
+    }
+
+    private func processFrame(_ frame: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
+        guard state != .closed else { throw .protocolViolation("frame after the disconnect exchange") }
+        let (type, sequence, plaintext) = try opener!.open(frame: frame)
+        switch (type, role) {
+        case (.data, .server):
+            guard state == .established || state == .disconnectSent else {
+                throw .protocolViolation("DATA after DISCONNECT")
+            }
+            guard plaintext.last == 0x0A else { throw .protocolViolation("DATA that does not end with a newline") }
+            // After our DISCONNECT we no longer log, so we must not deliver (and never ACK) what arrives.
+            guard state == .established else { return }
+            lastDataSequence = sequence
+            events.append(.data(sequence: sequence, lines: plaintext))
+        case (.ack, .client):
+            guard state == .established || state == .disconnectSent || state == .disconnectReceived else {
+                throw .protocolViolation("ACK in state \(state)")
+            }
+            let acknowledged = try acknowledgedSequence(plaintext)
+            events.append(.acknowledged(sequence: acknowledged, lines: try retire(through: acknowledged)))
+        case (.disconnect, _):
+            let reason = String(decoding: plaintext, as: UTF8.self)
+            switch state {
+            case .established:
+                state = .disconnectReceived
+                events.append(.peerDisconnected(reason: reason))
+            case .disconnectSent:
+                state = .closed
+                events.append(.closed)
+            default:
+                throw .protocolViolation("second DISCONNECT")
+            }
+        default:
+            throw .protocolViolation("\(type) frame sent by the \(role == .client ? "server" : "client")")
+        }
+    }
+
+    /// Parses "Message received N".
+    private func acknowledgedSequence(_ plaintext: [UInt8]) throws(ProtocolError) -> UInt64 {
+        let prefix = Array((Wire.acknowledgementText + " ").utf8)
+        guard plaintext.count > prefix.count, plaintext.count <= prefix.count + 20, plaintext.starts(with: prefix) else {
+            throw .protocolViolation("malformed ACK")
+        }
+        let digits = plaintext[prefix.count...]
+        guard digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), digits.first != 0x30 || digits.count == 1,
+              let value = UInt64(String(decoding: digits, as: UTF8.self))
+        else { throw .protocolViolation("malformed ACK") }
+        return value
+    }
+
+    /// Retires in-flight frames up to `sequence`; an ACK must cover at least one new DATA frame.
+    private func retire(through sequence: UInt64) throws(ProtocolError) -> Int {
+        guard inFlightHead < inFlight.count, inFlight[inFlightHead].sequence <= sequence,
+              sequence < sealer!.nextSequence
+        else { throw .protocolViolation("ACK \(sequence) does not acknowledge a DATA frame in flight") }
+        var lines = 0
+        while inFlightHead < inFlight.count, inFlight[inFlightHead].sequence <= sequence {
+            lines += inFlight[inFlightHead].lines
+            inFlightHead += 1
+        }
+        if inFlightHead > 1024, inFlightHead * 2 > inFlight.count {
+            inFlight.removeFirst(inFlightHead)
+            inFlightHead = 0
+        }
+        acknowledgedLines += lines
+        return lines
+    }
+}
