@@ -103,6 +103,6 @@ func frameUnitLength(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> I
 
 /// `Array.withUnsafeBytes` with a typed-throws body (the standard one rethrows untyped errors).
 @inline(__always)
-func withBytes<R>(_ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(ProtocolError) -> R) throws(ProtocolError) -> R {
-    try array.withUnsafeBytes { bytes in Result { () throws(ProtocolError) -> R in try body(bytes) } }.get()
+func withBytes<R, E: Error>(_ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+    try array.withUnsafeBytes { bytes in Result { () throws(E) -> R in try body(bytes) } }.get()
 }

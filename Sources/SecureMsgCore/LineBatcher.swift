@@ -1,0 +1,125 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How the clients (send, repl) turn input text into DATA plaintexts. Client behaviour, not a wire rule:
+///
+/// - a line ends at "\n"; one "\r" before it is dropped, so CRLF files send the same lines as LF files;
+/// - a final line without "\n" is still a line (`finish()`);
+/// - a line that is exactly `!DISCONNECT` ends the session: it is not sent, and input after it is ignored;
+/// - lines at hand together are packed into one plaintext of up to `targetBatchBytes` (a longer line
+///   travels alone), which is what lets small lines move at memory speed;
+/// - a line over `Wire.maximumLineLength` bytes is an error, detected before it is buffered whole.
+public struct LineBatcher {
+    public struct Batch: Sendable {
+        public var bytes: [UInt8]
+        public var lineCount: Int
+    }
+
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        case lineTooLong(lineNumber: Int)
+
+        public var description: String {
+            switch self {
+            case .lineTooLong(let n): "line \(n) is longer than the \(Wire.maximumLineLength)-byte limit"
+            }
+        }
+    }
+
+    public static let disconnectCommand = Array("!DISCONNECT".utf8)
+
+    public let targetBatchBytes: Int
+    public private(set) var disconnectRequested = false
+    /// Lines taken so far (sent or to be sent), for error messages.
+    public private(set) var linesRead = 0
+    private var partial: [UInt8] = []
+    private var current: [UInt8] = []
+    private var currentLines = 0
+
+    public init(targetBatchBytes: Int = 256 << 10) {
+        self.targetBatchBytes = min(targetBatchBytes, Wire.maximumPlaintextLength)
+    }
+
+    /// Takes a chunk of input and returns the batches it completes (all complete lines at hand).
+    public mutating func feed(_ chunk: UnsafeRawBufferPointer) throws(Failure) -> [Batch] {
+        var batches: [Batch] = []
+        guard !disconnectRequested else { return batches }
+        var start = 0
+        let count = chunk.count
+        while start < count {
+            guard let newline = firstNewline(chunk, from: start) else {
+                partial.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[start...]))
+                guard partial.count <= Wire.maximumLineLength + 1 else { throw .lineTooLong(lineNumber: linesRead + 1) }
+                break
+            }
+            let piece = UnsafeRawBufferPointer(rebasing: chunk[start..<newline])
+            if partial.isEmpty {
+                try take(piece, into: &batches)
+            } else {
+                partial.append(contentsOf: piece)
+                let line = partial
+                partial.removeAll(keepingCapacity: false)
+                try withBytes(line) { (l) throws(Failure) in try take(l, into: &batches) }
+            }
+            start = newline + 1
+            if disconnectRequested { return flush(into: batches) }
+        }
+        return flush(into: batches)
+    }
+
+    public mutating func feed(_ chunk: [UInt8]) throws(Failure) -> [Batch] {
+        try withBytes(chunk) { (bytes) throws(Failure) -> [Batch] in try feed(bytes) }
+    }
+
+    /// End of one input (a file or stdin): a final line without newline is still a line.
+    public mutating func finish() throws(Failure) -> [Batch] {
+        var batches: [Batch] = []
+        if !partial.isEmpty && !disconnectRequested {
+            let line = partial
+            partial.removeAll()
+            try withBytes(line) { (l) throws(Failure) in try take(l, into: &batches) }
+        }
+        partial.removeAll()
+        return flush(into: batches)
+    }
+
+    private mutating func take(_ rawLine: UnsafeRawBufferPointer, into batches: inout [Batch]) throws(Failure) {
+        var line = rawLine
+        if let last = line.last, last == 0x0D { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
+        guard line.count <= Wire.maximumLineLength else { throw .lineTooLong(lineNumber: linesRead + 1) }
+        if line.count == Self.disconnectCommand.count && line.elementsEqual(Self.disconnectCommand) {
+            disconnectRequested = true
+            return
+        }
+        linesRead += 1
+        if !current.isEmpty && current.count + line.count + 1 > targetBatchBytes {
+            batches.append(Batch(bytes: current, lineCount: currentLines))
+            current = []
+            currentLines = 0
+        }
+        if current.isEmpty { current.reserveCapacity(min(max(targetBatchBytes, line.count + 1), Wire.maximumPlaintextLength)) }
+        current.append(contentsOf: line)
+        current.append(0x0A)
+        currentLines += 1
+    }
+
+    private mutating func flush(into batches: [Batch]) -> [Batch] {
+        var batches = batches
+        if currentLines > 0 {
+            batches.append(Batch(bytes: current, lineCount: currentLines))
+            current = []
+            currentLines = 0
+        }
+        return batches
+    }
+}
+
+@inline(__always)
+private func firstNewline(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
+    // memchr is vectorised; a byte loop here would be the hottest code in `send`.
+    guard start < bytes.count, let base = bytes.baseAddress else { return nil }
+    guard let found = memchr(base + start, 0x0A, bytes.count - start) else { return nil }
+    return UnsafeRawPointer(found) - base
+}

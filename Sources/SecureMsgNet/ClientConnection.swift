@@ -1,0 +1,344 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SecureMsgCore
+
+public struct ClientOptions: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 5050
+    public var key: PreSharedKey
+    /// TCP connect plus handshake.
+    public var connectTimeout: TimeAmount = .seconds(10)
+    /// Time without any ACK while lines are outstanding before giving up.
+    public var acknowledgementTimeout: TimeAmount = .seconds(60)
+    /// Unacknowledged plaintext bytes allowed in flight: keeps the pipe full while the server logs.
+    public var window = 8 << 20
+
+    public init(key: PreSharedKey) { self.key = key }
+}
+
+/// Why a client session ended badly. Descriptions are one line and never contain key material.
+public enum ClientFailure: Error, Sendable, CustomStringConvertible {
+    case connect(String)
+    case timeout(String)
+    case protocolError(ProtocolError)
+    case closedByServer(reason: String)
+    case connectionLost
+    case unacknowledged(Int)
+
+    public var description: String {
+        switch self {
+        case .connect(let what): what
+        case .timeout(let what): what
+        case .protocolError(let error): "\(error)"
+        case .closedByServer(let reason): "server ended the session" + (reason.isEmpty ? "" : ": \(reason)")
+        case .connectionLost: "connection lost: the server went away"
+        case .unacknowledged(let n): "server closed with \(n) line\(n == 1 ? "" : "s") unacknowledged"
+        }
+    }
+}
+
+/// A client session over SwiftNIO, usable from ordinary threads: `send` blocks while the window is full,
+/// `finish` runs the disconnect exchange. The protocol itself lives in `Session`; this only moves bytes.
+public final class ClientConnection: @unchecked Sendable {
+    /// Called on the event loop for each ACK with the lines it newly acknowledged.
+    public typealias AcknowledgementHandler = @Sendable (_ lines: Int, _ totalAcknowledged: Int) -> Void
+    /// Called on the event loop once, when the session ends; nil means a clean end.
+    public typealias TerminationHandler = @Sendable (ClientFailure?) -> Void
+
+    private let condition = NSCondition()
+    private var handshakeDone = false
+    private var terminated = false
+    private var failure: ClientFailure?
+    private var bytesInFlight = 0
+    private var _acknowledgedLines = 0
+    private var _sentLines = 0
+    private let options: ClientOptions
+    private let channel: Channel
+    private var handler: NIOLoopBound<ClientSessionHandler>!
+    private let ownedGroup: MultiThreadedEventLoopGroup?
+    private let onAcknowledged: AcknowledgementHandler?
+    private let onTerminated: TerminationHandler?
+
+    public var acknowledgedLines: Int { condition.withLock { _acknowledgedLines } }
+    public var sentLines: Int { condition.withLock { _sentLines } }
+
+    /// Connects and completes the handshake, or throws (refused, timeout, key mismatch, not a server).
+    public init(
+        options: ClientOptions, group: EventLoopGroup? = nil, onAcknowledged: AcknowledgementHandler? = nil,
+        onTerminated: TerminationHandler? = nil
+    ) throws(ClientFailure) {
+        self.options = options
+        self.onAcknowledged = onAcknowledged
+        self.onTerminated = onTerminated
+        let ownedGroup = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
+        self.ownedGroup = ownedGroup
+        let loop = (group ?? ownedGroup!).next()
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(options.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ClientSessionHandler(key: options.key))
+                }
+            }
+        do {
+            channel = try bootstrap.connect(host: options.host, port: options.port).wait()
+        } catch {
+            try? ownedGroup?.syncShutdownGracefully()
+            throw .connect("cannot connect to \(options.host):\(options.port): \(describeConnectError(error))")
+        }
+        let channel = self.channel
+        let attached = loop.submit { [self] () throws -> NIOLoopBound<ClientSessionHandler> in
+            let handler = try channel.pipeline.syncOperations.handler(type: ClientSessionHandler.self)
+            handler.attach(self)
+            return NIOLoopBound(handler, eventLoop: loop)
+        }
+        do {
+            handler = try attached.wait()
+        } catch {
+            throw .connectionLost
+        }
+
+        // Wait for the handshake (or its failure) within the connect timeout.
+        let deadline = Date(timeIntervalSinceNow: Double(options.connectTimeout.nanoseconds) / 1e9)
+        condition.lock()
+        while !handshakeDone && !terminated {
+            if !condition.wait(until: deadline) { break }
+        }
+        let result: ClientFailure? = handshakeDone ? nil : (failure ?? .timeout("no handshake from \(options.host):\(options.port) within the connect timeout"))
+        condition.unlock()
+        if let result {
+            channel.close(promise: nil)
+            try? ownedGroup?.syncShutdownGracefully()
+            throw result
+        }
+    }
+
+    deinit {
+        try? ownedGroup?.syncShutdownGracefully()
+    }
+
+    /// Sends one DATA frame: `lines` holds `lineCount` lines, each ending in "\n". Blocks while the
+    /// window of unacknowledged bytes is full. Throws once the session has failed.
+    public func send(_ lines: [UInt8], lineCount: Int) throws(ClientFailure) {
+        condition.lock()
+        while !terminated && bytesInFlight > 0 && bytesInFlight + lines.count > options.window { condition.wait() }
+        if terminated {
+            let failure = self.failure ?? .closedByServer(reason: "")
+            condition.unlock()
+            throw failure
+        }
+        bytesInFlight += lines.count
+        _sentLines += lineCount
+        condition.unlock()
+        let handler = self.handler!
+        handler.eventLoop.execute { handler.value.send(lines, lineCount: lineCount) }
+    }
+
+    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged.
+    public func finish() throws(ClientFailure) {
+        let handler = self.handler!
+        handler.eventLoop.execute { handler.value.disconnect() }
+        condition.lock()
+        while !terminated { condition.wait() }
+        let failure = self.failure
+        condition.unlock()
+        channel.close(promise: nil)
+        if let failure { throw failure }
+    }
+
+    /// Blocks until the session ends (for the repl's waiting states); returns its failure, if any.
+    public func waitForTermination() -> ClientFailure? {
+        condition.lock()
+        defer { condition.unlock() }
+        while !terminated { condition.wait() }
+        return failure
+    }
+
+    public var isTerminated: Bool { condition.withLock { terminated } }
+
+    // MARK: Called by the handler on the event loop
+
+    func handshakeCompleted() {
+        condition.withLock {
+            handshakeDone = true
+            condition.broadcast()
+        }
+    }
+
+    func acknowledged(lines: Int, bytes: Int) {
+        let total: Int = condition.withLock {
+            _acknowledgedLines += lines
+            bytesInFlight -= bytes
+            condition.broadcast()
+            return _acknowledgedLines
+        }
+        onAcknowledged?(lines, total)
+    }
+
+    func terminate(_ failure: ClientFailure?) {
+        let first: Bool = condition.withLock {
+            guard !terminated else { return false }
+            terminated = true
+            self.failure = failure
+            condition.broadcast()
+            return true
+        }
+        if first { onTerminated?(failure) }
+    }
+}
+
+private func describeConnectError(_ error: Error) -> String {
+    if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
+    if error is ChannelError { return "\(error)" }
+    let text = "\(error)"
+    if text.contains("connectTimeout") { return "connect timeout" }
+    if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
+    return text
+}
+
+/// Drives the client `Session` on its event loop.
+final class ClientSessionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let session: Session
+    private var connection: ClientConnection?
+    private var context: ChannelHandlerContext?
+    private var frameBytes: [(sequence: UInt64, bytes: Int)] = []
+    private var frameHead = 0
+    private var wantDisconnect = false
+    private var lastProgress = NIODeadline.now()
+    private var watchdog: RepeatedTask?
+
+    init(key: PreSharedKey) {
+        session = Session(role: .client, key: key)
+    }
+
+    func attach(_ connection: ClientConnection) {
+        self.connection = connection
+        guard let context else { return }
+        flush(context)
+        if !context.channel.isActive { connection.terminate(.connectionLost) }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        flush(context)  // ClientHello
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        do {
+            let events = try buffer.withUnsafeReadableBytes { try session.receive($0) }
+            for event in events { handle(event, context: context) }
+            flush(context)
+        } catch {
+            flush(context)  // a ClientFinished still goes out, so the server reports the mismatch too
+            fail((error as? ProtocolError).map(ClientFailure.protocolError) ?? .connectionLost, context: context)
+        }
+    }
+
+    private func handle(_ event: Session.Event, context: ChannelHandlerContext) {
+        switch event {
+        case .handshakeCompleted:
+            connection?.handshakeCompleted()
+            startWatchdog(context)
+            if wantDisconnect { disconnect() }
+        case .acknowledged(let sequence, let lines):
+            lastProgress = .now()
+            var bytes = 0
+            while frameHead < frameBytes.count, frameBytes[frameHead].sequence <= sequence {
+                bytes += frameBytes[frameHead].bytes
+                frameHead += 1
+            }
+            if frameHead > 4096 {
+                frameBytes.removeFirst(frameHead)
+                frameHead = 0
+            }
+            connection?.acknowledged(lines: lines, bytes: bytes)
+        case .peerDisconnected(let reason):
+            // The server is ending the session (shutdown, idle timeout): answer, then report.
+            session.disconnect()
+            flush(context)
+            let unacknowledged = session.unacknowledgedLines
+            finish(unacknowledged > 0 || !wantDisconnect ? .closedByServer(reason: reason) : nil, context: context)
+        case .closed:
+            let unacknowledged = session.unacknowledgedLines
+            finish(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil, context: context)
+        case .data:
+            break  // the session rejects DATA sent to a client before it gets here
+        }
+    }
+
+    func send(_ lines: [UInt8], lineCount: Int) {
+        guard let context, session.canSend else { return }
+        let sequence = session.sendLines(lines, lineCount: lineCount)
+        frameBytes.append((sequence, lines.count))
+        if session.unacknowledgedLines == lineCount { lastProgress = .now() }
+        flush(context)
+    }
+
+    func disconnect() {
+        wantDisconnect = true
+        guard let context, session.canSend else { return }
+        session.disconnect()
+        flush(context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        watchdog?.cancel()
+        do {
+            try session.receiveEndOfStream()
+            connection?.terminate(nil)
+        } catch {
+            connection?.terminate(.connectionLost)
+        }
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail(.connectionLost, context: context)
+    }
+
+    private func startWatchdog(_ context: ChannelHandlerContext) {
+        guard let timeout = connection.map({ _ in context }).flatMap({ _ in self.ackTimeout }) else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            let handler = bound.value
+            guard handler.session.unacknowledgedLines > 0, NIODeadline.now() - handler.lastProgress > timeout,
+                  let context = handler.context else { return }
+            handler.fail(.timeout("no acknowledgement from the server for \(timeout.nanoseconds / 1_000_000_000) s"), context: context)
+        }
+    }
+
+    var ackTimeout: TimeAmount? = .seconds(60)
+
+    private func flush(_ context: ChannelHandlerContext) {
+        guard session.hasOutbound, context.channel.isActive else { return }
+        let bytes = session.takeOutbound()
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func finish(_ failure: ClientFailure?, context: ChannelHandlerContext) {
+        watchdog?.cancel()
+        connection?.terminate(failure)
+        context.close(promise: nil)
+    }
+
+    private func fail(_ failure: ClientFailure, context: ChannelHandlerContext) {
+        finish(failure, context: context)
+    }
+}

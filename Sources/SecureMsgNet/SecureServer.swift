@@ -1,0 +1,139 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SecureMsgCore
+
+/// What every connection of one server shares.
+final class ServerShared: Sendable {
+    let configuration: ServerConfiguration
+    let writer: LogWriter
+    let formatter: MessageFormatter
+    let registry = ConnectionRegistry()
+    let clock = WallClock()
+
+    init(configuration: ServerConfiguration, writer: LogWriter) {
+        self.configuration = configuration
+        self.writer = writer
+        self.formatter = MessageFormatter(format: configuration.format)
+    }
+}
+
+/// Live connections, for the connection limit and for telling them all to stop.
+final class ConnectionRegistry: Sendable {
+    private let state = NIOLockedValueBox<(nextID: UInt64, channels: [UInt64: Channel])>((1, [:]))
+
+    /// Registers a connection and returns its session id, or nil at the limit.
+    func add(_ channel: Channel, limit: Int) -> UInt64? {
+        state.withLockedValue { state in
+            guard state.channels.count < limit else { return nil }
+            let id = state.nextID
+            state.nextID += 1
+            state.channels[id] = channel
+            return id
+        }
+    }
+
+    func remove(_ id: UInt64) { state.withLockedValue { _ = $0.channels.removeValue(forKey: id) } }
+    var count: Int { state.withLockedValue { $0.channels.count } }
+    var all: [Channel] { state.withLockedValue { Array($0.channels.values) } }
+}
+
+/// UTC timestamps for log lines.
+struct WallClock: Sendable {
+    func now() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return iso8601UTC(seconds: Int64(ts.tv_sec), nanoseconds: Int32(ts.tv_nsec))
+    }
+}
+
+/// The `serve` server: SwiftNIO, one event loop per core, one `ServerSessionHandler` per connection.
+public final class SecureServer: Sendable {
+    private let shared: ServerShared
+    private let group: MultiThreadedEventLoopGroup
+    private let listener = NIOLockedValueBox<Channel?>(nil)
+
+    public init(configuration: ServerConfiguration) throws {
+        let writer = try LogWriter(
+            logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
+            diagnostics: { StandardError.line("securemsg serve: \($0)") })
+        shared = ServerShared(configuration: configuration, writer: writer)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+    }
+
+    /// Binds and starts accepting. Returns the bound address (the real port when asked for port 0).
+    @discardableResult
+    public func start() throws -> SocketAddress {
+        let shared = self.shared
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 2048, initial: 16384, maximum: 1 << 20))
+            .childChannelInitializer { channel in
+                guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
+                    StandardError.line(
+                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
+                    return channel.close()
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id))
+                }
+            }
+        let channel: Channel
+        do {
+            channel = try bootstrap.bind(host: shared.configuration.host, port: shared.configuration.port).wait()
+        } catch {
+            throw ServerError.bind("cannot listen on \(shared.configuration.host):\(shared.configuration.port): \(error)")
+        }
+        listener.withLockedValue { $0 = channel }
+        let address = channel.localAddress!
+        StandardError.line("listening on \(formatPeer(address))")
+        return address
+    }
+
+    /// SIGHUP: reopen the log file.
+    public func reopenLog() { shared.writer.requestReopen() }
+
+    /// Stops accepting, lets every session finish (ACK what is logged, DISCONNECT), flushes the log.
+    public func shutdown() {
+        if let channel = listener.withLockedValue({ $0 }) { try? channel.close().wait() }
+        for channel in shared.registry.all {
+            channel.pipeline.fireUserInboundEventTriggered(ShutdownRequest())
+        }
+        let deadline = NIODeadline.now() + shared.configuration.drainTimeout
+        while shared.registry.count > 0 && NIODeadline.now() < deadline { usleep(10_000) }
+        for channel in shared.registry.all { channel.close(promise: nil) }
+        let closeDeadline = NIODeadline.now() + .seconds(1)
+        while shared.registry.count > 0 && NIODeadline.now() < closeDeadline { usleep(10_000) }
+        shared.writer.close()
+        try? group.syncShutdownGracefully()
+    }
+
+    /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log.
+    public func runUntilSignalled() {
+        let done = DispatchSemaphore(value: 0)
+        let queue = DispatchQueue(label: "securemsg-signals")
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+            source.setEventHandler { [self] in
+                if sig == SIGHUP {
+                    reopenLog()
+                } else {
+                    StandardError.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
+                    done.signal()
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        done.wait()
+        shutdown()
+        withExtendedLifetime(sources) {}
+    }
+}

@@ -1,0 +1,25 @@
+import NIOCore
+import SecureMsgCore
+
+/// Everything `serve` can be told; defaults are the documented ones (README, "serve").
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 5050
+    public var key: PreSharedKey
+    public var logPath: String? = "server_logs.txt"
+    public var format: OutputFormat = .text
+    public var sync: SyncPolicy = .batch
+    public var echoToStdout = true
+    public var maxConnections = 4096
+    public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// Time without a complete frame from an established client before it is disconnected.
+    public var idleTimeout: TimeAmount = .seconds(3600)
+    /// Time allowed for clients to finish when serve is told to stop.
+    public var drainTimeout: TimeAmount = .seconds(5)
+    /// Unlogged bytes per connection above which serve stops reading from it (backpressure).
+    public var maxUnloggedBytesPerConnection = 4 << 20
+    public var threads = System.coreCount
+    public var verbose = false
+
+    public init(key: PreSharedKey) { self.key = key }
+}

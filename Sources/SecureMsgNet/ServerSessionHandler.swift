@@ -1,0 +1,235 @@
+import NIOCore
+import SecureMsgCore
+
+/// Drives one server-side `Session` on its event loop: bytes in, lines to the log writer, ACKs out once
+/// the writer reports the lines durable. Holds no protocol logic of its own.
+final class ServerSessionHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let session: Session
+    private let shared: ServerShared
+    private let sessionID: UInt64
+    private var peer = "?"
+    private var context: ChannelHandlerContext!
+
+    private var linesReceived = 0
+    private var unloggedBytes = 0
+    private var framesAtWriter = 0
+    private var readSuppressed = false
+    private var disconnectPending: String?  // reason for our DISCONNECT, sent once the writer has caught up
+    private var ended = false
+    private var handshakeTimer: Scheduled<Void>?
+    private var idleTimer: Scheduled<Void>?
+
+    init(shared: ServerShared, sessionID: UInt64) {
+        self.shared = shared
+        self.sessionID = sessionID
+        self.session = Session(role: .server, key: shared.configuration.key)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        peer = formatPeer(context.channel.remoteAddress)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: shared.configuration.handshakeTimeout) {
+            bound.value.fail("handshake timeout")
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !ended else { return }
+        let buffer = unwrapInboundIn(data)
+        let events: [Session.Event]
+        do {
+            events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
+        } catch {
+            flushOutbound()
+            fail(String(describing: error))
+            return
+        }
+        for event in events { handle(event) }
+        flushOutbound()
+    }
+
+    private func handle(_ event: Session.Event) {
+        switch event {
+        case .handshakeCompleted:
+            handshakeTimer?.cancel()
+            handshakeTimer = nil
+            armIdleTimer()
+            if shared.configuration.verbose { StandardError.line("securemsg serve: \(peer) #\(sessionID): session started") }
+        case .data(let sequence, let lines):
+            armIdleTimer()
+            submit(lines, sequence: sequence)
+        case .peerDisconnected:
+            disconnectPending = ""
+            finishDisconnectIfReady()
+        case .acknowledged, .closed:
+            break  // a server neither receives ACKs nor starts the exchange it would close
+        }
+    }
+
+    private func submit(_ lines: [UInt8], sequence: UInt64) {
+        var lineCount = 0
+        for byte in lines where byte == 0x0A { lineCount += 1 }
+        linesReceived += lineCount
+        var output: [UInt8] = []
+        output.reserveCapacity(shared.configuration.format == .raw ? lines.count : lines.count + lineCount * 64)
+        shared.formatter.append(
+            lines: lines, context: LineContext(time: shared.clock.now(), peer: peer, session: sessionID), to: &output)
+        unloggedBytes += lines.count
+        framesAtWriter += 1
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let size = lines.count
+        shared.writer.submit(output) { ok in
+            bound.eventLoop.execute { bound.value.logged(sequence: sequence, size: size, ok: ok) }
+        }
+    }
+
+    /// The writer has made a frame durable: it may now be acknowledged.
+    private func logged(sequence: UInt64, size: Int, ok: Bool) {
+        framesAtWriter -= 1
+        unloggedBytes -= size
+        guard !ended else { return }
+        guard ok else {
+            fail("log write failed; lines not acknowledged")
+            return
+        }
+        session.acknowledge(through: sequence)
+        if readSuppressed && unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection / 2 {
+            readSuppressed = false
+            context.read()
+        }
+        finishDisconnectIfReady()
+        flushOutbound()
+    }
+
+    /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged.
+    private func finishDisconnectIfReady() {
+        guard let reason = disconnectPending, framesAtWriter == 0, !ended else { return }
+        session.disconnect(reason: reason)
+        flushOutbound()
+        let graceful = session.state == .closed
+        end(graceful ? "session ended" : "session ended by server (\(reason))", isError: false)
+    }
+
+    /// Shutdown (SIGTERM): stop taking new frames, ACK what is logged, say goodbye.
+    func beginShutdown() {
+        guard !ended else { return }
+        switch session.state {
+        case .established, .disconnectReceived:
+            readSuppressed = true  // no more reads: nothing new to log
+            disconnectPending = disconnectPending ?? "server shutting down"
+            finishDisconnectIfReady()
+        default:
+            end("closed: server shutting down", isError: false)
+        }
+    }
+
+    private func armIdleTimer() {
+        idleTimer?.cancel()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        idleTimer = context.eventLoop.scheduleTask(in: shared.configuration.idleTimeout) {
+            bound.value.idle()
+        }
+    }
+
+    private func idle() {
+        guard !ended else { return }
+        if session.state == .established {
+            disconnectPending = "idle timeout"
+            readSuppressed = true
+            finishDisconnectIfReady()
+        } else {
+            fail("idle timeout")
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        // Backpressure: while this connection's lines wait for the writer, read no more from it.
+        if ended || unloggedBytes > shared.configuration.maxUnloggedBytesPerConnection || disconnectPending != nil && session.state != .disconnectReceived {
+            readSuppressed = true
+            return
+        }
+        context.read()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            endOfStream()
+        } else if event is ShutdownRequest {
+            beginShutdown()
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        endOfStream()
+        handshakeTimer?.cancel()
+        idleTimer?.cancel()
+        shared.registry.remove(sessionID)
+        context.fireChannelInactive()
+    }
+
+    private func endOfStream() {
+        guard !ended else { return }
+        do {
+            try session.receiveEndOfStream()
+            end("session ended", isError: false)
+        } catch {
+            fail(String(describing: error))
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail("connection error: \(error)")
+    }
+
+    private func flushOutbound() {
+        guard session.hasOutbound, context.channel.isActive else { return }
+        let bytes = session.takeOutbound()
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// A failed session: one stderr line (peer, reason; never key material), then close.
+    private func fail(_ reason: String) {
+        end(reason, isError: true)
+    }
+
+    private func end(_ what: String, isError: Bool) {
+        guard !ended else { return }
+        ended = true
+        handshakeTimer?.cancel()
+        idleTimer?.cancel()
+        let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
+        StandardError.line("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
+        // Close after pending writes (our last ACK and DISCONNECT) have gone out.
+        let channel = context.channel
+        if channel.isActive {
+            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+/// Sent down each connection's pipeline when serve is asked to stop.
+struct ShutdownRequest {}
+
+func formatPeer(_ address: SocketAddress?) -> String {
+    guard let address else { return "?" }
+    switch address {
+    case .v4(let a): return "\(a.host):\(address.port ?? 0)"
+    case .v6(let a): return "[\(a.host)]:\(address.port ?? 0)"
+    default: return address.description
+    }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import NIOCore
+import SecureMsgCore
+import SecureMsgNet
+
+extension OutputFormat: ExpressibleByArgument {}
+extension SyncPolicy: ExpressibleByArgument {}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Receive encrypted lines: print them, append them to a log, acknowledge them.",
+        discussion: """
+            Prints `listening on HOST:PORT` to stderr once bound. SIGINT/SIGTERM: stop accepting, \
+            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file.
+            """)
+
+    @Option(help: "Address to listen on (IPv4 or IPv6).") var host = "127.0.0.1"
+    @Option(help: "Port (0 picks a free one).") var port = 5050
+    @OptionGroup var key: KeyOptions
+    @Option(help: ArgumentHelp("Log file, appended to.", valueName: "path")) var log = "server_logs.txt"
+    @Flag(help: "Do not write a log file (stdout only).") var noLog = false
+    @Option(help: "Output format for stdout and the log: text, jsonl or raw.") var format: OutputFormat = .text
+    @Option(help: "When an ACK may be sent: none (after write), batch (after one fdatasync per batch), always (fdatasync per frame).")
+    var sync: SyncPolicy = .batch
+    @Option(help: "Connections beyond this are refused.") var maxConnections = 4096
+    @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 10
+    @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
+    @Option(help: "Event loop threads (default: one per core).") var threads = System.coreCount
+    @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0 else {
+            throw ValidationError("limits and timeouts must be positive")
+        }
+    }
+
+    func run() throws {
+        try Self.run("serve") {
+            var configuration = ServerConfiguration(key: try key.load(createIfMissing: true))
+            configuration.host = host
+            configuration.port = port
+            configuration.logPath = noLog ? nil : log
+            configuration.format = format
+            configuration.sync = sync
+            configuration.maxConnections = maxConnections
+            configuration.handshakeTimeout = .seconds(Int64(handshakeTimeout))
+            configuration.idleTimeout = .seconds(Int64(idleTimeout))
+            configuration.threads = threads
+            configuration.verbose = verbose
+            let server: SecureServer
+            do {
+                server = try SecureServer(configuration: configuration)
+                try server.start()
+            } catch let error as ServerError {
+                throw CommandFailure(message: error.description, exitCode: 1)
+            }
+            server.runUntilSignalled()
+        }
+    }
+}
