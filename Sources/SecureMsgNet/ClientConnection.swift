@@ -217,11 +217,29 @@ final class ClientSessionHandler: ChannelInboundHandler {
         session = Session(role: .client, key: key)
     }
 
+    /// Events can arrive before the connection object is attached (a fast server answers the hello
+    /// first); what happened by then is replayed here.
     func attach(_ connection: ClientConnection) {
         self.connection = connection
+        if handshakeCompleted { connection.handshakeCompleted() }
+        if let earlyTermination {
+            connection.terminate(earlyTermination.failure)
+            return
+        }
         guard let context else { return }
         flush(context)
         if !context.channel.isActive { connection.terminate(.connectionLost) }
+    }
+
+    private var handshakeCompleted = false
+    private var earlyTermination: (failure: ClientFailure?, Void)?
+
+    private func terminate(_ failure: ClientFailure?) {
+        if let connection {
+            connection.terminate(failure)
+        } else if earlyTermination == nil {
+            earlyTermination = (failure, ())
+        }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -248,6 +266,7 @@ final class ClientSessionHandler: ChannelInboundHandler {
     private func handle(_ event: Session.Event, context: ChannelHandlerContext) {
         switch event {
         case .handshakeCompleted:
+            handshakeCompleted = true
             connection?.handshakeCompleted()
             startWatchdog(context)
             if wantDisconnect { disconnect() }
@@ -296,9 +315,9 @@ final class ClientSessionHandler: ChannelInboundHandler {
         watchdog?.cancel()
         do {
             try session.receiveEndOfStream()
-            connection?.terminate(nil)
+            terminate(nil)
         } catch {
-            connection?.terminate(.connectionLost)
+            terminate(.connectionLost)
         }
         context.fireChannelInactive()
     }
@@ -334,7 +353,7 @@ final class ClientSessionHandler: ChannelInboundHandler {
 
     private func finish(_ failure: ClientFailure?, context: ChannelHandlerContext) {
         watchdog?.cancel()
-        connection?.terminate(failure)
+        terminate(failure)
         context.close(promise: nil)
     }
 
