@@ -1,0 +1,67 @@
+/// A bounds-checked, read-only window on packet bytes.
+///
+/// Captured packets are untrusted input: every accessor returns nil rather than trapping
+/// when asked for bytes outside the window, and offsets are checked before any
+/// arithmetic that could overflow. Multi-byte reads are big-endian (network order)
+/// unless named otherwise.
+struct ByteView {
+    private let buffer: UnsafeRawBufferPointer
+    /// Invariant: 0 <= start <= end <= buffer.count.
+    private let start: Int
+    private let end: Int
+
+    init(_ buffer: UnsafeRawBufferPointer) {
+        self.buffer = buffer
+        self.start = 0
+        self.end = buffer.count
+    }
+
+    private init(buffer: UnsafeRawBufferPointer, start: Int, end: Int) {
+        self.buffer = buffer
+        self.start = start
+        self.end = end
+    }
+
+    var count: Int { end - start }
+    var isEmpty: Bool { start == end }
+
+    func u8(_ offset: Int) -> UInt8? {
+        guard offset >= 0, offset < count else { return nil }
+        return buffer[start + offset]
+    }
+
+    func u16(_ offset: Int) -> UInt16? {
+        guard offset >= 0, offset <= count - 2 else { return nil }
+        return UInt16(buffer[start + offset]) << 8 | UInt16(buffer[start + offset + 1])
+    }
+
+    func u32(_ offset: Int) -> UInt32? {
+        guard let high = u16(offset), let low = u16(offset + 2) else { return nil }
+        return UInt32(high) << 16 | UInt32(low)
+    }
+
+    func u64(_ offset: Int) -> UInt64? {
+        guard let high = u32(offset), let low = u32(offset + 4) else { return nil }
+        return UInt64(high) << 32 | UInt64(low)
+    }
+
+    /// The bytes from `offset` to the end, or nil if `offset` is past the end.
+    func dropFirst(_ offset: Int) -> ByteView? {
+        guard offset >= 0, offset <= count else { return nil }
+        return ByteView(buffer: buffer, start: start + offset, end: end)
+    }
+
+    /// The first `length` bytes, or nil if there are fewer.
+    func prefix(_ length: Int) -> ByteView? {
+        guard length >= 0, length <= count else { return nil }
+        return ByteView(buffer: buffer, start: start, end: start + length)
+    }
+
+    /// The bytes at `range` (relative to this view), or nil if out of bounds.
+    func slice(_ range: Range<Int>) -> ByteView? {
+        dropFirst(range.lowerBound)?.prefix(range.count)
+    }
+
+    /// Copies the bytes out; the view itself is only valid while the packet buffer is.
+    var bytes: [UInt8] { Array(buffer[start..<end]) }
+}
