@@ -49,6 +49,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Measurement clients for scripts/bench (not shipped).
+        .executableTarget(
+            name: "securemsg-bench",
+            dependencies: [
+                "SecureMsgCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "SecureMsgCoreTests",
             dependencies: ["SecureMsgCore"],

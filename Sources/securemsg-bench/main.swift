@@ -1,0 +1,122 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import SecureMsgCore
+
+// Measurement helpers for scripts/bench. Not a product: it prints JSON for the script to tabulate.
+//
+//   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
+//   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
+//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY   connect, handshake, one line, disconnect
+//   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 2 else {
+    FileHandle.standardError.write(Data("usage: securemsg-bench echo-server|rtt|handshakes|sessions ...\n".utf8))
+    exit(2)
+}
+
+final class EchoHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.writeAndFlush(data, promise: nil)
+    }
+}
+
+do {
+    switch arguments[1] {
+    case "echo-server":
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let channel = try ServerBootstrap(group: group)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EchoHandler()) } }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        emit("listening on 127.0.0.1:\(channel.localAddress!.port!)")
+        try channel.closeFuture.wait()
+
+    case "rtt":
+        let (mode, port, count, size) = (arguments[2], Int(arguments[3])!, Int(arguments[4])!, Int(arguments[5])!)
+        var latencies: [Double] = []
+        latencies.reserveCapacity(count)
+        var line = [UInt8](repeating: UInt8(ascii: "r"), count: size)
+        line[size - 1] = 0x0A
+        let started: Double
+        if mode == "tcp" {
+            let socket = try BlockingSocket(host: "127.0.0.1", port: port)
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            started = now()
+            for _ in 0..<count {
+                let t0 = now()
+                try socket.writeAll(line)
+                var got = 0
+                while got < size {
+                    let n = try socket.readSome(into: &buffer)
+                    guard n > 0 else { throw BenchError("echo closed") }
+                    got += n
+                }
+                latencies.append(now() - t0)
+            }
+        } else {
+            let client = try ProtocolClient(host: "127.0.0.1", port: port, key: try loadKey(mode))
+            started = now()
+            for _ in 0..<count {
+                let t0 = now()
+                try client.roundTrip(line)
+                latencies.append(now() - t0)
+            }
+            try client.disconnect()
+        }
+        let elapsed = now() - started
+        latencies.sort()
+        emit(#"{"p50_us":\#(percentile(latencies, 0.5) * 1e6),"p99_us":\#(percentile(latencies, 0.99) * 1e6),"msgs_per_s":\#(Double(count) / elapsed)}"#)
+
+    case "handshakes":
+        let key = try loadKey(arguments[2])
+        let (port, seconds, concurrency) = (Int(arguments[3])!, Double(arguments[4])!, Int(arguments[5])!)
+        let line = Array("handshake\n".utf8)
+        let deadline = now() + seconds
+        let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: concurrency)
+        counts.initialize(repeating: 0)
+        let failures = UnsafeMutableBufferPointer<Int>.allocate(capacity: concurrency)
+        failures.initialize(repeating: 0)
+        let started = now()
+        nonisolated(unsafe) let c = counts, f = failures
+        DispatchQueue.concurrentPerform(iterations: concurrency) { i in
+            while now() < deadline {
+                do {
+                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key)
+                    try client.roundTrip(line)
+                    try client.disconnect()
+                    c[i] += 1
+                } catch {
+                    f[i] += 1
+                }
+            }
+        }
+        let elapsed = now() - started
+        emit(#"{"handshakes_per_s":\#(Double(counts.reduce(0, +)) / elapsed),"failures":\#(failures.reduce(0, +))}"#)
+
+    case "sessions":
+        let key = try loadKey(arguments[2])
+        let (port, count) = (Int(arguments[3])!, Int(arguments[4])!)
+        var clients: [ProtocolClient] = []
+        clients.reserveCapacity(count)
+        let line = Array("idle session\n".utf8)
+        for _ in 0..<count {
+            let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key)
+            try client.roundTrip(line)
+            clients.append(client)
+        }
+        emit("ready \(clients.count)")
+        while readLine() != nil {}
+        withExtendedLifetime(clients) {}
+
+    default:
+        FileHandle.standardError.write(Data("unknown mode \(arguments[1])\n".utf8))
+        exit(2)
+    }
+} catch {
+    FileHandle.standardError.write(Data("securemsg-bench: \(error)\n".utf8))
+    exit(1)
+}
