@@ -117,9 +117,20 @@ public struct LineBatcher {
 }
 
 @inline(__always)
-private func firstNewline(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
+func firstNewline(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
     // memchr is vectorised; a byte loop here would be the hottest code in `send`.
     guard start < bytes.count, let base = bytes.baseAddress else { return nil }
     guard let found = memchr(base + start, 0x0A, bytes.count - start) else { return nil }
     return UnsafeRawPointer(found) - base
+}
+
+/// The number of "\n" bytes in `bytes` (the lines of a DATA plaintext), counted with memchr.
+public func countLines(_ bytes: UnsafeRawBufferPointer) -> Int {
+    var count = 0
+    var start = 0
+    while let newline = firstNewline(bytes, from: start) {
+        count += 1
+        start = newline + 1
+    }
+    return count
 }

@@ -54,8 +54,7 @@ public struct MessageFormatter: Sendable {
         var start = 0
         let count = lines.count
         while start < count {
-            var end = start
-            while end < count && lines[end] != 0x0A { end += 1 }
+            let end = firstNewline(lines, from: start) ?? count
             let line = UnsafeRawBufferPointer(rebasing: lines[start..<end])
             output.append(contentsOf: prefix)
             if format == .text {
@@ -81,10 +80,39 @@ public struct MessageFormatter: Sendable {
     /// One escaped line for messages that are not DATA lines (decrypt-log's ACK/DISCONNECT rows).
     public func formatNote(_ text: String, context: LineContext) -> [UInt8] {
         var output: [UInt8] = []
-        var bytes = Array(text.utf8)
-        bytes.append(0x0A)
-        bytes.withUnsafeBytes { append(lines: $0, context: context, to: &output) }
+        Array(text.utf8).withUnsafeBytes { append(note: $0, context: context, to: &output) }
         return output
+    }
+}
+
+extension MessageFormatter {
+    /// Appends exactly one output line for `note` (an ACK's text, a DISCONNECT's reason), with the same
+    /// prefix and escaping as a DATA line. Unlike `append(lines:)` it never splits: a newline inside the
+    /// note is escaped (`\x0a`, JSON `\n`), so a peer's text cannot start a forged row. `raw` has no
+    /// prefix and prints the note escaped as in `text`.
+    public func append(note: UnsafeRawBufferPointer, context: LineContext, to output: inout [UInt8]) {
+        switch format {
+        case .raw:
+            appendEscapedText(note, to: &output)
+        case .text:
+            output.append(contentsOf: Array("\(context.time) \(context.peer) #\(context.session)".utf8))
+            for (key, value) in context.extra { output.append(contentsOf: Array(" \(key)=\(value)".utf8)) }
+            output.append(0x20)
+            appendEscapedText(note, to: &output)
+        case .jsonl:
+            var head = "{\"time\":\(jsonString(context.time)),\"peer\":\(jsonString(context.peer)),\"session\":\(context.session)"
+            for (key, value) in context.extra { head += ",\(jsonString(key)):\(jsonString(value))" }
+            output.append(contentsOf: Array(head.utf8))
+            if isPlainASCII(note) || String(validating: note, as: UTF8.self) != nil {
+                output.append(contentsOf: Array(",\"line\":\"".utf8))
+                appendJSONEscaped(note, to: &output)
+            } else {
+                output.append(contentsOf: Array(",\"line_base64\":\"".utf8))
+                output.append(contentsOf: Base64.encode(note))
+            }
+            output.append(contentsOf: [0x22, 0x7D])  // "}
+        }
+        output.append(0x0A)
     }
 }
 
@@ -94,8 +122,38 @@ private func isPlainASCII(_ line: UnsafeRawBufferPointer) -> Bool {
     return true
 }
 
+/// True when every byte is 0x20...0x7E and none is a backslash, checked eight bytes at a time.
+@inline(__always)
+func isPrintableASCIIWithoutBackslash(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+    @inline(__always) func hasZeroByte(_ v: UInt64) -> Bool { (v &- ones) & ~v & highs != 0 }
+    @inline(__always) func clean(_ w: UInt64) -> Bool {
+        // No byte ≥ 0x80, none < 0x20, none equal to 0x7F or 0x5C.
+        w & highs == 0 && (w &- 0x2020_2020_2020_2020) & ~w & highs == 0
+            && !hasZeroByte(w ^ 0x7F7F_7F7F_7F7F_7F7F) && !hasZeroByte(w ^ 0x5C5C_5C5C_5C5C_5C5C)
+    }
+    var i = 0
+    let n = bytes.count
+    if let base = bytes.baseAddress {
+        while i + 8 <= n {
+            if !clean(base.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return false }
+            i += 8
+        }
+    }
+    while i < n {
+        let b = bytes[i]
+        if b < 0x20 || b >= 0x7F || b == 0x5C { return false }
+        i += 1
+    }
+    return true
+}
+
 /// Escapes for a terminal and a line-oriented log. Printable ASCII is copied in runs (the common case).
 func appendEscapedText(_ line: UnsafeRawBufferPointer, to output: inout [UInt8]) {
+    if isPrintableASCIIWithoutBackslash(line) {
+        output.append(contentsOf: line)  // the common case: nothing to escape
+        return
+    }
     let hex = Array("0123456789abcdef".utf8)
     func escapeByte(_ b: UInt8) { output += [0x5C, 0x78, hex[Int(b >> 4)], hex[Int(b & 0xF)]] }
     var i = 0

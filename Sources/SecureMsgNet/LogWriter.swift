@@ -90,7 +90,6 @@ public final class LogWriter: @unchecked Sendable {
 
     private func run() {
         var batch: [Record] = []
-        var buffer: [UInt8] = []
         while true {
             condition.lock()
             while queue.isEmpty && !reopenRequested && !stopping { condition.wait() }
@@ -101,7 +100,7 @@ public final class LogWriter: @unchecked Sendable {
             condition.unlock()
 
             if reopen { reopenLog() }
-            if !batch.isEmpty { write(batch, using: &buffer) }
+            if !batch.isEmpty { write(batch) }
             batch.removeAll(keepingCapacity: true)
             if stop { break }
         }
@@ -116,33 +115,30 @@ public final class LogWriter: @unchecked Sendable {
         stopped.unlock()
     }
 
-    private func write(_ batch: [Record], using buffer: inout [UInt8]) {
+    private func write(_ batch: [Record]) {
         if sync == .always {
             for record in batch {
-                let ok = writeOut(record.bytes) && syncLog()
+                let ok = writeOut(batch: [record]) && syncLog()
                 record.completion(ok)
             }
             return
         }
-        // One write per destination for the whole batch: syscalls, not bytes, dominate small lines.
-        buffer.removeAll(keepingCapacity: true)
-        for record in batch { buffer.append(contentsOf: record.bytes) }
-        var ok = writeOut(buffer)
+        // One writev per destination for the whole batch: syscalls, not bytes, dominate small lines.
+        var ok = writeOut(batch: batch)
         if ok && sync == .batch { ok = syncLog() }
         for record in batch { record.completion(ok) }
-        if buffer.capacity > 64 << 20 { buffer = [] }
     }
 
-    private func writeOut(_ bytes: [UInt8]) -> Bool {
+    private func writeOut(batch: [Record]) -> Bool {
         if echoToStdout && !stdoutBroken {
-            if !writeAll(STDOUT_FILENO, bytes) {
+            if !writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes)) {
                 // A closed stdout (e.g. `serve | head`) must not stop logging: the log file is the record.
                 stdoutBroken = true
                 diagnostics("stdout: \(String(cString: strerror(errno))); messages continue to the log file only")
             }
         }
         guard logFD >= 0 else { return true }
-        if writeAll(logFD, bytes) { return true }
+        if writeAll(logFD, batch.lazy.map(\.bytes)) { return true }
         diagnostics("log file \(logPath ?? ""): write failed: \(String(cString: strerror(errno)))")
         return false
     }
@@ -171,18 +167,52 @@ public final class LogWriter: @unchecked Sendable {
 }
 
 func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-    bytes.withUnsafeBytes { raw in
-        var offset = 0
-        while offset < raw.count {
-            let n = Foundation.write(fd, raw.baseAddress! + offset, raw.count - offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return false
-            }
-            offset += n
+    writeAll(fd, CollectionOfOne(bytes))
+}
+
+/// Writes every buffer, in order, with as few writev(2) calls as the kernel allows (IOV_MAX at a time).
+func writeAll<Buffers: Collection<[UInt8]>>(_ fd: Int32, _ buffers: Buffers) -> Bool {
+    var pending = Array(buffers.filter { !$0.isEmpty })
+    var index = 0, offset = 0
+    while index < pending.count {
+        let count = min(pending.count - index, 64)  // pinned recursively below: keep the depth small
+        // Pin the arrays' storage for the duration of the call.
+        let written: Int = withIOVectors(pending[index..<(index + count)], firstOffset: offset) { iov in
+            Foundation.writev(fd, iov.baseAddress, Int32(iov.count))
         }
-        return true
+        if written < 0 {
+            if errno == EINTR { continue }
+            return false
+        }
+        var remaining = written
+        while remaining > 0 {
+            let left = pending[index].count - offset
+            if remaining >= left {
+                remaining -= left
+                index += 1
+                offset = 0
+            } else {
+                offset += remaining
+                remaining = 0
+            }
+        }
     }
+    pending.removeAll()
+    return true
+}
+
+private func withIOVectors<R>(_ buffers: ArraySlice<[UInt8]>, firstOffset: Int, _ body: (UnsafeMutableBufferPointer<iovec>) -> R) -> R {
+    var iov = [iovec](repeating: iovec(), count: buffers.count)
+    func pin(_ i: Int, _ iov: inout [iovec]) -> R {
+        if i == buffers.count { return iov.withUnsafeMutableBufferPointer { body($0) } }
+        let buffer = buffers[buffers.startIndex + i]
+        return buffer.withUnsafeBytes { raw in
+            let skip = i == 0 ? firstOffset : 0
+            iov[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress! + skip), iov_len: raw.count - skip)
+            return pin(i + 1, &iov)
+        }
+    }
+    return pin(0, &iov)
 }
 
 public enum ServerError: Error, CustomStringConvertible {

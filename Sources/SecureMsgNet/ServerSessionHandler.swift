@@ -76,8 +76,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     private func submit(_ lines: [UInt8], sequence: UInt64) {
-        var lineCount = 0
-        for byte in lines where byte == 0x0A { lineCount += 1 }
+        let lineCount = lines.withUnsafeBytes(countLines)
         linesReceived += lineCount
         var output: [UInt8] = []
         output.reserveCapacity(shared.configuration.format == .raw ? lines.count : lines.count + lineCount * 64)
