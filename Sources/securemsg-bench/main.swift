@@ -112,6 +112,20 @@ do {
         while readLine() != nil {}
         withExtendedLifetime(clients) {}
 
+    case "handshake-cpu":
+        // Both ends of a handshake in one process, no sockets: the protocol's own CPU cost.
+        let key = PreSharedKey(bytes: Array(repeating: 7, count: 32))
+        let count = Int(arguments[2]) ?? 10_000
+        let started = now()
+        for _ in 0..<count {
+            let client = Session(role: .client, key: key), server = Session(role: .server, key: key)
+            _ = try server.receive(client.takeOutbound())
+            _ = try client.receive(server.takeOutbound())
+            _ = try server.receive(client.takeOutbound())
+        }
+        let elapsed = now() - started
+        emit(#"{"handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
+
     default:
         FileHandle.standardError.write(Data("unknown mode \(arguments[1])\n".utf8))
         exit(2)
