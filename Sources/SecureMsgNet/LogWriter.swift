@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// When a logged line is durable enough to acknowledge (docs: README "serve").
 public enum SyncPolicy: String, Sendable, CaseIterable {
@@ -27,6 +28,10 @@ public final class LogWriter: @unchecked Sendable {
 
     private let condition = NSCondition()
     private var queue: [Record] = []
+    /// Records submitted and not yet taken, readable without the lock so the writer can spin on it.
+    private let queued = Atomic<Int>(0)
+    /// The writer is asleep on `condition` (only then does `submit` pay for a wake-up).
+    private var writerAsleep = false
     private var reopenRequested = false
     private var stopping = false
     private var thread: Thread?
@@ -65,7 +70,8 @@ public final class LogWriter: @unchecked Sendable {
     public func submit(_ bytes: [UInt8], completion: @escaping Completion) {
         condition.lock()
         queue.append(Record(bytes: bytes, completion: completion))
-        condition.signal()
+        queued.add(1, ordering: .releasing)
+        if writerAsleep { condition.signal() }
         condition.unlock()
     }
 
@@ -91,8 +97,14 @@ public final class LogWriter: @unchecked Sendable {
     private func run() {
         var batch: [Record] = []
         while true {
+            spinForWork()
             condition.lock()
-            while queue.isEmpty && !reopenRequested && !stopping { condition.wait() }
+            while queue.isEmpty && !reopenRequested && !stopping {
+                writerAsleep = true
+                condition.wait()
+                writerAsleep = false
+            }
+            queued.subtract(queue.count, ordering: .relaxed)
             swap(&batch, &queue)
             let reopen = reopenRequested
             reopenRequested = false
@@ -113,6 +125,17 @@ public final class LogWriter: @unchecked Sendable {
         hasStopped = true
         stopped.broadcast()
         stopped.unlock()
+    }
+
+    /// Waits up to 50 µs for the next record before sleeping: an interactive client's next line usually
+    /// arrives within one round trip, and waking a sleeping thread costs more than that wait.
+    private func spinForWork() {
+        var start = timespec(), now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        while queued.load(ordering: .acquiring) == 0 {
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            if (now.tv_sec - start.tv_sec) * 1_000_000_000 + (now.tv_nsec - start.tv_nsec) > 50_000 { return }
+        }
     }
 
     private func write(_ batch: [Record]) {
