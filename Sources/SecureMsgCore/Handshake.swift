@@ -40,26 +40,36 @@ enum Handshake {
 /// when a unit lies entirely inside one received chunk — the common case for large reads.
 struct UnitAssembler {
     private var pending: [UInt8] = []
+    /// Set when `process` declined a unit: from then on input is only buffered, until `drain`.
+    private var stopped = false
 
     var hasPartialUnit: Bool { !pending.isEmpty }
     var pendingCount: Int { pending.count }
 
     /// Calls `unitLength` with the bytes of the unit so far; it returns the unit's total length once it
     /// can tell (or nil to ask for more), and may throw to reject a prefix. Calls `process` with each whole
-    /// unit, which returns false to stop (the rest of the input is kept for a later `feed`).
+    /// unit, which returns false to stop: that unit and the rest of the input are kept, and later input is
+    /// only buffered, until `drain`.
     mutating func feed(
         _ input: UnsafeRawBufferPointer,
         unitLength: (UnsafeRawBufferPointer) throws(ProtocolError) -> Int?,
         process: (UnsafeRawBufferPointer) throws(ProtocolError) -> Bool
     ) throws(ProtocolError) {
+        guard !stopped else {
+            pending.append(contentsOf: input)
+            return
+        }
         var rest = input
         while !rest.isEmpty {
             if pending.isEmpty {
                 // Fast path: the unit may be whole in the input.
                 if let length = try unitLength(rest), rest.count >= length {
                     let unit = UnsafeRawBufferPointer(rebasing: rest[..<length])
+                    if try !process(unit) {
+                        stopped = true
+                        break  // `rest` still starts with the declined unit
+                    }
                     rest = UnsafeRawBufferPointer(rebasing: rest[length...])
-                    if try !process(unit) { break }
                     continue
                 }
                 pending.append(contentsOf: rest)
@@ -76,7 +86,11 @@ struct UnitAssembler {
                 let unit = pending
                 pending.removeAll(keepingCapacity: pending.capacity <= 64 * 1024)
                 let keepGoing = try withBytes(unit, process)
-                if !keepGoing { break }
+                if !keepGoing {
+                    pending = unit
+                    stopped = true
+                    break
+                }
             }
         }
         if !rest.isEmpty { pending.append(contentsOf: rest) }
@@ -89,6 +103,7 @@ struct UnitAssembler {
     ) throws(ProtocolError) {
         let held = pending
         pending.removeAll()
+        stopped = false
         try withBytes(held) { (h) throws(ProtocolError) in try feed(h, unitLength: unitLength, process: process) }
     }
 }

@@ -11,7 +11,8 @@ public enum ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
     case authenticationFailed
     /// The length field exceeds the limit; rejected before reading or allocating the body.
     case frameTooLarge(Int)
-    /// The length field is not 49 + 16n for n ≥ 1, or the type byte is unknown.
+    /// The length field is not 49 + 16n for n ≥ 1. (An unknown type byte in a frame whose tag verifies is
+    /// a `protocolViolation`; with a bad tag it is `authenticationFailed`, like any tampering.)
     case malformedFrame
     /// An authenticated frame whose content breaks the protocol (e.g. DATA without a final newline, an
     /// ACK for a frame never sent, a frame type the peer must not send in this state).

@@ -120,7 +120,13 @@ public final class Session {
         default:
             return  // nothing to say before the handshake, or twice
         }
-        let text = Array(reason.utf8.prefix(1024))
+        // At most 1024 bytes, cut at a character boundary so that the reason stays valid UTF-8.
+        var text: [UInt8] = []
+        for character in reason {
+            let utf8 = character.utf8
+            guard text.count + utf8.count <= 1024 else { break }
+            text.append(contentsOf: utf8)
+        }
         text.withUnsafeBytes { sealer!.seal(.disconnect, plaintext: $0, appendingTo: &outbound) }
     }
 
@@ -128,7 +134,9 @@ public final class Session {
 
     /// Feeds received bytes. Throws on the first protocol failure; the session is then `failed`, and the
     /// driver writes any `takeOutbound()` bytes (a ClientFinished, so the server learns of a key
-    /// mismatch too) and closes.
+    /// mismatch too) and closes. Events of units that preceded the failing one in the same call are not
+    /// returned: a server never logs or ACKs DATA that arrived in the same read as a failure (the client
+    /// sees it unacknowledged), though a client's `acknowledgedLines` counts ACKs verified before it.
     public func receive(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> [Event] {
         guard state != .failed else { throw .protocolViolation("session already failed") }
         var events: [Event] = []
@@ -226,6 +234,8 @@ public final class Session {
     private func processFrame(_ frame: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
         guard state != .closed else { throw .protocolViolation("frame after the disconnect exchange") }
         let (type, sequence, plaintext) = try opener!.open(frame: frame)
+        // The length limit lets a ciphertext of 2^20 + 16 bytes carry up to 15 bytes more than a sender may seal.
+        guard plaintext.count <= Wire.maximumPlaintextLength else { throw .protocolViolation("plaintext over the frame limit") }
         switch (type, role) {
         case (.data, .server):
             guard state == .established || state == .disconnectSent else {
@@ -274,8 +284,10 @@ public final class Session {
 
     /// Retires in-flight frames up to `sequence`; an ACK must cover at least one new DATA frame.
     private func retire(through sequence: UInt64) throws(ProtocolError) -> Int {
+        // Every frame a client sends before its last DATA is DATA, so `sequence` names a DATA frame sent
+        // iff it is at most the last one's (the DISCONNECT's number is not acknowledgeable).
         guard inFlightHead < inFlight.count, inFlight[inFlightHead].sequence <= sequence,
-              sequence < sealer!.nextSequence
+              sequence <= inFlight[inFlight.count - 1].sequence
         else { throw .protocolViolation("ACK \(sequence) does not acknowledge a DATA frame in flight") }
         var lines = 0
         while inFlightHead < inFlight.count, inFlight[inFlightHead].sequence <= sequence {
