@@ -73,6 +73,9 @@ public final class Session {
 
     public var hasOutbound: Bool { !outbound.isEmpty }
 
+    /// Client: the sequence number of the last DATA frame sent.
+    public private(set) var lastDataSequenceSent: UInt64?
+
     /// Lines sent but not yet acknowledged (client).
     public var unacknowledgedLines: Int { sentLines - acknowledgedLines }
 
@@ -89,8 +92,29 @@ public final class Session {
         let sequence = sealer.nextSequence
         sealer.seal(.data, plaintext: lines, appendingTo: &outbound)
         inFlight.append((sequence, lineCount))
+        lastDataSequenceSent = sequence
         sentLines += lineCount
         return sequence
+    }
+
+    /// Bytes on the wire for a DATA frame of `plaintextLength` bytes.
+    public static func sealedLength(plaintextLength: Int) -> Int {
+        FrameSealer.sealedLength(plaintextLength: plaintextLength)
+    }
+
+    /// Client: like `sendLines`, but seals the frame straight into `output` (at least
+    /// `sealedLength(plaintextLength:)` bytes, e.g. a socket buffer) and returns its length — one copy
+    /// fewer on the bulk path. Anything queued for `takeOutbound` must have been taken first, since it
+    /// precedes this frame on the wire.
+    public func sendLines(_ lines: UnsafeRawBufferPointer, lineCount: Int, into output: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(role == .client && state == .established, "DATA is sent by an established client")
+        precondition(lines.count > 0 && lines[lines.count - 1] == 0x0A && lineCount > 0)
+        precondition(outbound.isEmpty, "queued bytes must be written before a directly sealed frame")
+        let sealer = self.sealer!
+        inFlight.append((sealer.nextSequence, lineCount))
+        lastDataSequenceSent = sealer.nextSequence
+        sentLines += lineCount
+        return sealer.seal(.data, plaintext: lines, into: output)
     }
 
     @discardableResult

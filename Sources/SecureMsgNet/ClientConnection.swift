@@ -298,10 +298,16 @@ final class ClientSessionHandler: ChannelInboundHandler {
 
     func send(_ lines: [UInt8], lineCount: Int) {
         guard let context, session.canSend else { return }
-        let sequence = session.sendLines(lines, lineCount: lineCount)
-        frameBytes.append((sequence, lines.count))
+        flush(context)  // anything queued goes first
+        var buffer = context.channel.allocator.buffer(capacity: Session.sealedLength(plaintextLength: lines.count))
+        lines.withUnsafeBytes { plaintext in
+            _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Session.sealedLength(plaintextLength: plaintext.count)) { output in
+                session.sendLines(plaintext, lineCount: lineCount, into: output)
+            }
+        }
+        frameBytes.append((session.lastDataSequenceSent!, lines.count))
         if session.unacknowledgedLines == lineCount { lastProgress = .now() }
-        flush(context)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
     func disconnect() {
