@@ -1,8 +1,147 @@
 import ArgumentParser
+import Foundation
+import SecureMsgCapture
+import SecureMsgCore
 
 struct DecryptLog: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "decrypt-log", abstract: "Decrypt captured securemsg traffic (pcap/pcapng) with the key.")
+    static let configuration = CommandConfiguration(
+        commandName: "decrypt-log",
+        abstract: "Decrypt captured securemsg traffic (pcap/pcapng) with the key.",
+        discussion: """
+            Prints every message of both directions in capture order: \
+            `TIME CLIENT->SERVER #CONNECTION dir=c2s|s2c seq=N type=DATA|ACK|DISCONNECT TEXT` (text), one JSON \
+            object per row (jsonl), or the DATA lines alone (raw). Frames that fail authentication, gaps, \
+            connections whose handshake is not in the capture, key mismatches and non-securemsg traffic are \
+            reported on stderr, followed by a summary. Exit status: 0 when everything found was decrypted \
+            and authenticated, 1 otherwise, 2 for bad input (key, unreadable file, not a capture).
+            """)
+
+    @OptionGroup var key: KeyOptions
+    @Option(help: "The server's TCP port in the capture.") var port = 5050
+    @Option(help: "Output format: text, jsonl or raw (DATA lines only).") var format: OutputFormat = .text
+    @Argument(help: ArgumentHelp("pcap or pcapng files, read in order as one capture; - is stdin.", valueName: "capture"))
+    var captures: [String]
+
+    func validate() throws {
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
+        guard !captures.isEmpty else { throw ValidationError("give at least one capture file (- for stdin)") }
+        guard captures.count(where: { $0 == "-" }) <= 1 else { throw ValidationError("stdin (-) can be read only once") }
+    }
+
     func run() throws {
-        throw CommandFailure(message: "not implemented yet", exitCode: 1)
+        try Self.run("decrypt-log") { try decrypt() }
+    }
+
+    private func decrypt() throws {
+        let preSharedKey = try key.load(createIfMissing: false)
+        // Every file is checked before any output, so a typo does not leave half a result behind. Files are
+        // then opened one at a time (a long rotated series must not hold every file open).
+        for path in captures where path != "-" {
+            do {
+                try CaptureFileReader(path: path).close()
+            } catch {
+                throw CommandFailure(message: error.description, exitCode: 2)
+            }
+        }
+        let sink = OutputSink()
+        let decoder = CaptureDecoder(key: preSharedKey, format: format, output: sink)
+        let reassembler = TCPReassembler(serverPort: UInt16(port))
+        var lastTime = CaptureTimestamp.zero
+        files: for path in captures {
+            let reader: CaptureFileReader
+            do {
+                reader = try CaptureFileReader(path: path)
+            } catch {
+                // Only stdin can get here (the files were checked): nothing after it is read.
+                sink.flush()
+                throw CommandFailure(message: error.description, exitCode: 2)
+            }
+            do {
+                while let packet = try reader.nextPacket() {
+                    lastTime = max(lastTime, packet.timestamp)
+                    reassembler.ingest(packet.bytes, linkType: reader.linkType, timestamp: packet.timestamp,
+                                       originalLength: packet.originalLength, emit: decoder.handle)
+                    if sink.failure != nil { break files }
+                }
+            } catch {
+                decoder.noteUnreadable(error)  // the packets before the damage were decoded
+            }
+        }
+        reassembler.finish(emit: decoder.handle)
+        decoder.finish(at: lastTime)
+        sink.flush()
+        if let failure = sink.failure {
+            throw CommandFailure(message: "stdout: \(failure)", exitCode: 1)
+        }
+
+        let counts = decoder.counts
+        let statistics = reassembler.statistics
+        if counts.connections == 0 {
+            sink.diagnostic(
+                "no TCP connection on port \(port) in \(statistics.packets) packet\(statistics.packets == 1 ? "" : "s")"
+                    + (statistics.otherPortSkipped > 0 ? " (\(statistics.otherPortSkipped) TCP on other ports: see --port)" : ""))
+        }
+        sink.diagnostic(Self.summary(counts))
+        if counts.failures > 0 { throw ExitCode(1) }
+    }
+
+    static func summary(_ c: CaptureDecoder.Counts) -> String {
+        func n(_ count: Int, _ singular: String, _ plural: String? = nil) -> String {
+            "\(count) \(count == 1 ? singular : plural ?? singular + "s")"
+        }
+        var text = "\(n(c.connections, "connection")) (\(c.decrypted) decrypted), "
+            + "\(n(c.frames, "frame")) (\(c.dataFrames) DATA, \(c.acks) ACK, \(c.disconnects) DISCONNECT), "
+            + "\(n(c.lines, "line")), \(n(c.failures, "failure"))"
+        let parts = [
+            (c.authenticationFailures, "failed authentication", "failed authentication"),
+            (c.keyMismatches, "key mismatch", "key mismatches"),
+            (c.notSecuremsg, "not securemsg", "not securemsg"),
+            (c.withoutHandshake, "without handshake", "without handshake"),
+            (c.gaps, "gap", "gaps"),
+            (c.incomplete, "incomplete", "incomplete"),
+            (c.framingErrors, "framing error", "framing errors"),
+            (c.unreadable, "unreadable capture", "unreadable captures"),
+        ].filter { $0.0 > 0 }.map { "\($0.0) \($0.0 == 1 ? $0.1 : $0.2)" }
+        if !parts.isEmpty { text += ": " + parts.joined(separator: ", ") }
+        return text
+    }
+}
+
+/// stdout, buffered, and the stderr reports. stdout is flushed before each report so that, on a terminal
+/// or in one file, a report follows the rows before it.
+final class OutputSink {
+    private var buffer: [UInt8] = []
+    private(set) var failure: String?
+
+    init() { buffer.reserveCapacity(Self.flushThreshold) }
+
+    private static let flushThreshold = 64 << 10
+
+    func write(_ bytes: [UInt8]) {
+        guard failure == nil else { return }
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= Self.flushThreshold { flush() }
+    }
+
+    func flush() {
+        defer { buffer.removeAll(keepingCapacity: true) }
+        guard failure == nil else { return }
+        buffer.withUnsafeBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let n = Foundation.write(STDOUT_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    failure = String(cString: strerror(errno))
+                    return
+                }
+                offset += n
+            }
+        }
+    }
+
+    func diagnostic(_ text: String) {
+        flush()
+        StandardErrorLine.write("securemsg decrypt-log: \(text)")
     }
 }

@@ -1,0 +1,312 @@
+import SecureMsgCapture
+import SecureMsgCore
+
+/// decrypt-log's engine: turns the reassembler's events into output rows and stderr reports.
+///
+/// One `Observer` per connection decodes both directions with the key. Everything is streamed: a
+/// connection's state is dropped once both of its directions are closed, so memory is bounded by the
+/// open connections' unconsumed bytes (a partial frame each, or the client's bytes held until the
+/// ServerHello), never by the capture's size.
+///
+/// Rows (through `MessageFormatter`, so the escaping is serve's):
+///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DATA line
+///     TIME CLIENT->SERVER #CONNECTION dir=s2c seq=N type=ACK Message received N
+///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DISCONNECT reason
+/// `raw` prints only the DATA lines.
+final class CaptureDecoder {
+    struct Counts {
+        var connections = 0
+        var decrypted = 0
+        var frames = 0
+        var dataFrames = 0
+        var acks = 0
+        var disconnects = 0
+        var lines = 0
+        var authenticationFailures = 0
+        var keyMismatches = 0
+        var notSecuremsg = 0
+        var withoutHandshake = 0
+        var gaps = 0
+        var incomplete = 0
+        var framingErrors = 0
+        var unreadable = 0
+
+        var failures: Int {
+            authenticationFailures + keyMismatches + notSecuremsg + withoutHandshake + gaps + incomplete + framingErrors
+                + unreadable
+        }
+    }
+
+    /// Past this, client bytes held for a ServerHello that never comes are given up (a real ClientFinished
+    /// plus one maximal frame is far less).
+    static let maximumHeldBytes = 4 << 20
+
+    private final class Connection {
+        let key: ConnectionKey
+        let sawStart: Bool
+        let label: String
+        var observer: Observer?  // nil once nothing more of this connection can be decoded
+        var handshakeCompleted = false
+        var sawData = false
+        var lost: Set<Direction> = []  // directions given up (gap, lost framing)
+        var closed: Set<Direction> = []
+        var splitters: [Direction: UnitSplitter] = [
+            .clientToServer: UnitSplitter(handshakeUnits: [Wire.clientHelloLength, Wire.clientFinishedLength]),
+            .serverToClient: UnitSplitter(handshakeUnits: [Wire.serverHelloLength]),
+        ]
+        var lastSequence: [Direction: UInt64] = [:]
+
+        init(key: ConnectionKey, sawStart: Bool, observer: Observer) {
+            self.key = key
+            self.sawStart = sawStart
+            self.observer = observer
+            label = "\(key.client)->\(key.server)"
+        }
+    }
+
+    private let preSharedKey: PreSharedKey
+    private let formatter: MessageFormatter
+    private let output: OutputSink
+    private var connections: [Int: Connection] = [:]
+    private(set) var counts = Counts()
+    private var row: [UInt8] = []
+
+    init(key: PreSharedKey, format: OutputFormat, output: OutputSink) {
+        preSharedKey = key
+        formatter = MessageFormatter(format: format)
+        self.output = output
+    }
+
+    // MARK: Events
+
+    func handle(_ event: CaptureEvent) {
+        switch event {
+        case let .opened(key, sawStart, _):
+            counts.connections += 1
+            connections[key.instance] = Connection(key: key, sawStart: sawStart, observer: Observer(key: preSharedKey))
+        case let .data(key, direction, bytes, at):
+            guard let connection = connections[key.instance] else { return }
+            receive(connection, Direction(direction), bytes, at: at)
+        case let .gap(key, direction, missing, at):
+            guard let connection = connections[key.instance] else { return }
+            gap(connection, Direction(direction), missing: missing, at: at)
+        case let .closed(key, direction, at):
+            guard let connection = connections[key.instance] else { return }
+            let d = Direction(direction)
+            connection.closed.insert(d)
+            checkIncomplete(connection, d, at: at, why: "the stream ends inside a frame")
+            if connection.closed.count == 2 { retire(connection, at: at) }
+        }
+    }
+
+    /// After the reassembler's `finish`: reports what is left of connections the capture did not see end.
+    func finish(at time: CaptureTimestamp) {
+        for connection in connections.values.sorted(by: { $0.key.instance < $1.key.instance }) {
+            for d in [Direction.clientToServer, .serverToClient] where !connection.closed.contains(d) {
+                checkIncomplete(connection, d, at: time, why: "the capture ends inside a frame")
+            }
+            retire(connection, at: time)
+        }
+    }
+
+    func noteUnreadable(_ error: CaptureError) {
+        counts.unreadable += 1
+        output.diagnostic(error.description)
+    }
+
+    // MARK: Decoding
+
+    private func receive(_ connection: Connection, _ direction: Direction, _ bytes: [UInt8], at: CaptureTimestamp) {
+        guard let observer = connection.observer, !connection.lost.contains(direction), !bytes.isEmpty else { return }
+        connection.sawData = true
+        // Fed one protocol unit at a time: the observer returns a call's events only if the call does not
+        // throw, so a unit that breaks the stream must not take the good frames before it down with it.
+        let ends = connection.splitters[direction]!.unitEnds(in: bytes)
+        bytes.withUnsafeBytes { all in
+            var start = 0
+            for end in ends + [all.count] where end > start {
+                guard connection.observer != nil, !connection.lost.contains(direction) else { return }
+                do throws(ProtocolError) {
+                    let events = try observer.receive(direction, UnsafeRawBufferPointer(rebasing: all[start..<end]))
+                    for event in events { deliver(event, connection, at: at) }
+                } catch {
+                    fail(connection, direction, error, at: at)
+                }
+                start = end
+            }
+        }
+        if !connection.handshakeCompleted, connection.observer != nil,
+           observer.pendingBytes(.clientToServer) > Self.maximumHeldBytes
+        {
+            counts.withoutHandshake += 1
+            report(connection, at: at, "no ServerHello after \(observer.pendingBytes(.clientToServer)) bytes from the client: cannot decrypt this connection")
+            connection.observer = nil
+        }
+    }
+
+    private func deliver(_ event: Observer.Event, _ connection: Connection, at: CaptureTimestamp) {
+        switch event {
+        case .handshakeCompleted:
+            connection.handshakeCompleted = true
+            counts.decrypted += 1
+        case let .frame(direction, type, sequence, plaintext):
+            connection.lastSequence[direction] = sequence
+            counts.frames += 1
+            row.removeAll(keepingCapacity: true)
+            let context = LineContext(
+                time: iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds), peer: connection.label,
+                session: UInt64(connection.key.instance),
+                extra: [("dir", direction.description), ("seq", String(sequence)), ("type", type.description)])
+            switch type {
+            case .data:
+                counts.dataFrames += 1
+                var lineCount = plaintext.count { $0 == 0x0A }
+                if let last = plaintext.last, last != 0x0A { lineCount += 1 }
+                counts.lines += lineCount
+                formatter.append(lines: plaintext, context: context, to: &row)
+                if formatter.format == .raw, let last = plaintext.last, last != 0x0A { row.append(0x0A) }
+            case .ack, .disconnect:
+                if type == .ack { counts.acks += 1 } else { counts.disconnects += 1 }
+                if formatter.format != .raw {
+                    plaintext.withUnsafeBytes { formatter.append(note: $0, context: context, to: &row) }
+                }
+            }
+            output.write(row)
+        case let .authenticationFailed(direction, sequence):
+            connection.lastSequence[direction] = sequence
+            counts.authenticationFailures += 1
+            report(connection, at: at, "\(direction) seq=\(sequence): authentication failed (frame tampered or corrupted); skipped")
+        }
+    }
+
+    private func fail(_ connection: Connection, _ direction: Direction, _ error: ProtocolError, at: CaptureTimestamp) {
+        if connection.handshakeCompleted {
+            switch error {
+            case .frameTooLarge, .malformedFrame:
+                counts.framingErrors += 1
+                report(connection, at: at, "\(direction) \(after(connection, direction)): \(error): framing lost, the rest of \(direction) is skipped")
+            default:
+                counts.framingErrors += 1
+                report(connection, at: at, "\(direction) \(after(connection, direction)): \(error); the rest of \(direction) is skipped")
+            }
+            connection.lost.insert(direction)
+            return
+        }
+        // Before the handshake completes nothing of the connection can be decrypted.
+        connection.observer = nil
+        switch error {
+        case .keyMismatch:
+            counts.keyMismatches += 1
+            report(connection, at: at, "key mismatch: the session was not made with this key")
+        case .protocolViolation(let what) where what.contains("key confirmation"):
+            counts.keyMismatches += 1
+            report(connection, at: at, "key mismatch: the client held a different key (the server's is this key)")
+        case .badMagic where !connection.sawStart, .unsupportedVersion where !connection.sawStart,
+             .protocolViolation where !connection.sawStart:
+            counts.withoutHandshake += 1
+            report(connection, at: at, "handshake not in capture (the connection was already open when the capture started): cannot decrypt this connection")
+        case .badMagic:
+            counts.notSecuremsg += 1
+            report(connection, at: at, "not securemsg (bad magic) in \(direction)")
+        case .unsupportedVersion(let version):
+            counts.notSecuremsg += 1
+            report(connection, at: at, "not securemsg v\(Wire.version) (protocol version \(version)) in \(direction)")
+        default:
+            counts.framingErrors += 1
+            report(connection, at: at, "handshake failed in \(direction): \(error)")
+        }
+    }
+
+    private func gap(_ connection: Connection, _ direction: Direction, missing: UInt64, at: CaptureTimestamp) {
+        guard connection.observer != nil, !connection.lost.contains(direction) else { return }
+        counts.gaps += 1
+        let what = "\(missing) byte\(missing == 1 ? "" : "s") of \(direction) missing from the capture"
+        if connection.handshakeCompleted {
+            connection.lost.insert(direction)
+            report(connection, at: at, "\(what) \(after(connection, direction)): framing lost, the rest of \(direction) is skipped")
+        } else {
+            connection.observer = nil
+            report(connection, at: at, "\(what) before the handshake completed: cannot decrypt this connection")
+        }
+    }
+
+    private func checkIncomplete(_ connection: Connection, _ direction: Direction, at: CaptureTimestamp, why: String) {
+        guard let observer = connection.observer, !connection.lost.contains(direction) else { return }
+        let pending = observer.pendingBytes(direction)
+        guard pending > 0 else { return }
+        connection.lost.insert(direction)
+        counts.incomplete += 1
+        if connection.handshakeCompleted {
+            report(connection, at: at, "\(direction): \(why) (\(pending) bytes \(after(connection, direction)) not decrypted)")
+        } else {
+            report(connection, at: at, "\(direction): handshake incomplete in capture (\(pending) bytes not decrypted)")
+        }
+    }
+
+    private func retire(_ connection: Connection, at: CaptureTimestamp) {
+        connections[connection.key.instance] = nil
+        if connection.observer != nil, connection.sawData, !connection.handshakeCompleted, connection.lost.isEmpty {
+            // Hellos only (a refused or abandoned client): nothing was left undecrypted, so only a note.
+            report(connection, at: at, "handshake not completed; no frames")
+        }
+    }
+
+    private func after(_ connection: Connection, _ direction: Direction) -> String {
+        connection.lastSequence[direction].map { "after seq=\($0)" } ?? "before its first frame"
+    }
+
+    private func report(_ connection: Connection, at: CaptureTimestamp, _ message: String) {
+        let time = iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds)
+        output.diagnostic("\(connection.label) #\(connection.key.instance) at \(time): \(message)")
+    }
+}
+
+extension Direction {
+    init(_ direction: StreamDirection) {
+        self = direction == .clientToServer ? .clientToServer : .serverToClient
+    }
+}
+
+/// Finds where protocol units (hellos, ClientFinished, frames) end in a direction's byte stream, so
+/// that the observer can be fed one unit at a time. It reads the same lengths the observer does; once a
+/// length is invalid it stops cutting (the observer rejects that unit itself).
+struct UnitSplitter {
+    private var handshakeUnits: [Int]
+    private var remaining = 0  // bytes left in the current unit; 0 at a unit boundary
+    private var header: [UInt8] = []  // the part of a frame's length field seen so far
+    private var broken = false
+
+    init(handshakeUnits: [Int]) {
+        self.handshakeUnits = handshakeUnits
+    }
+
+    /// The offsets in `bytes` at which a unit ends (before `bytes.count`, or equal to it).
+    mutating func unitEnds(in bytes: [UInt8]) -> [Int] {
+        var ends: [Int] = []
+        var position = 0
+        while position < bytes.count && !broken {
+            if remaining > 0 {
+                let take = min(remaining, bytes.count - position)
+                remaining -= take
+                position += take
+                if remaining == 0 { ends.append(position) }
+            } else if !handshakeUnits.isEmpty {
+                remaining = handshakeUnits.removeFirst()
+            } else {
+                let take = min(Wire.lengthFieldSize - header.count, bytes.count - position)
+                header.append(contentsOf: bytes[position..<(position + take)])
+                position += take
+                guard header.count == Wire.lengthFieldSize else { continue }
+                let length = header.reduce(0) { $0 << 8 | Int($1) }
+                header.removeAll(keepingCapacity: true)
+                do {
+                    try FrameOpener.validateLength(length)
+                    remaining = length
+                } catch {
+                    broken = true
+                }
+            }
+        }
+        return ends
+    }
+}
