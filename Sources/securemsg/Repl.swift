@@ -1,9 +1,33 @@
 import ArgumentParser
+import Foundation
 
 struct Repl: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Interactive client: type lines, see each acknowledgement.")
+    static let configuration = CommandConfiguration(
+        abstract: "Interactive client: type lines, see each acknowledgement.",
+        discussion: """
+            On a terminal: a readline prompt with line editing and history \
+            (${XDG_STATE_HOME:-~/.local/state}/securemsg/history, mode 0600; a line starting with a space \
+            is not kept). Each line is one message; "Message received" is printed above the prompt when the \
+            server acknowledges it, without holding up typing. !DISCONNECT or Ctrl-D ends the session \
+            (status 0 once every line is acknowledged); Ctrl-C abandons the line being typed. If the server \
+            goes away, the repl says so at once and exits 1. When stdin is not a terminal, lines are read \
+            plainly and each acknowledged line prints "Message received" on stdout.
+            """)
+
     @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Do not read or write the history file (history lasts for this session only).")
+    var noHistory = false
+
     func run() throws {
-        throw CommandFailure(message: "not implemented yet", exitCode: 1)
+        try Self.run("repl") {
+            ReplSession.reserveStandardDescriptors()
+            let options = try connection.clientOptions()
+            if isatty(STDIN_FILENO) == 1 {
+                let path = noHistory ? nil : HistoryFile.defaultPath(environment: ProcessInfo.processInfo.environment)
+                try ReplSession.interactive(options: options, historyPath: path)
+            } else {
+                try ReplSession.plain(options: options)
+            }
+        }
     }
 }

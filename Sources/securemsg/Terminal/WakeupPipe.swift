@@ -17,6 +17,18 @@ final class WakeupPipe: Sendable {
     init() throws(Failure) {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw Failure(code: errno) }
+        // With stdin (or stdout, stderr) closed, pipe() hands out that slot, and the editor would poll
+        // its own pipe as "stdin": the ends move above the standard descriptors.
+        for index in ends.indices where ends[index] <= STDERR_FILENO {
+            let moved = fcntl(ends[index], F_DUPFD_CLOEXEC, STDERR_FILENO + 1)
+            let code = errno
+            close(ends[index])
+            ends[index] = moved
+            guard moved >= 0 else {
+                ends.filter { $0 >= 0 }.forEach { close($0) }
+                throw Failure(code: code)
+            }
+        }
         (readEnd, writeEnd) = (ends[0], ends[1])
         // Glibc's module does not export pipe2(), so the flags come one call later.
         for end in ends {
