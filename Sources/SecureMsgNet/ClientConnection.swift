@@ -80,7 +80,7 @@ public final class ClientConnection: @unchecked Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ClientSessionHandler(key: options.key))
+                    try channel.pipeline.syncOperations.addHandler(ClientSessionHandler(key: options.key, acknowledgementTimeout: options.acknowledgementTimeout))
                 }
             }
         do {
@@ -213,8 +213,11 @@ final class ClientSessionHandler: ChannelInboundHandler {
     private var lastProgress = NIODeadline.now()
     private var watchdog: RepeatedTask?
 
-    init(key: PreSharedKey) {
+    private let acknowledgementTimeout: TimeAmount
+
+    init(key: PreSharedKey, acknowledgementTimeout: TimeAmount) {
         session = Session(role: .client, key: key)
+        self.acknowledgementTimeout = acknowledgementTimeout
     }
 
     /// Events can arrive before the connection object is attached (a fast server answers the hello
@@ -337,7 +340,7 @@ final class ClientSessionHandler: ChannelInboundHandler {
     }
 
     private func startWatchdog(_ context: ChannelHandlerContext) {
-        guard let timeout = connection.map({ _ in context }).flatMap({ _ in self.ackTimeout }) else { return }
+        let timeout = acknowledgementTimeout
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
             let handler = bound.value
@@ -347,7 +350,6 @@ final class ClientSessionHandler: ChannelInboundHandler {
         }
     }
 
-    var ackTimeout: TimeAmount? = .seconds(60)
 
     private func flush(_ context: ChannelHandlerContext) {
         guard session.hasOutbound, context.channel.isActive else { return }
