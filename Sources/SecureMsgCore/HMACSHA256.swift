@@ -14,16 +14,20 @@ public final class HMACSHA256 {
         self.context = context
         let keyBytes = Array(key)
         let ok = keyBytes.withUnsafeBufferPointer { keyPointer -> Int32 in
-            "SHA256".withCString { digestName -> Int32 in
-                // OSSL_PARAM keeps the pointer it is given, so it is built inside the closure that uses it.
-                var params = [
-                    OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, UnsafeMutablePointer(mutating: digestName), 0),
-                    OSSL_PARAM_construct_end(),
-                ]
-                // An empty key is legal for HMAC; OpenSSL wants a non-NULL pointer for it.
-                var zero: UInt8 = 0
-                return withUnsafeMutablePointer(to: &zero) { zeroPointer in
-                    EVP_MAC_init(context, keyPointer.baseAddress ?? UnsafePointer(zeroPointer), keyPointer.count, &params)
+            // OSSL_PARAM keeps both pointers it is given (the parameter's name and its value), so both C
+            // strings must outlive EVP_MAC_init: passing the imported macro OSSL_MAC_PARAM_DIGEST (a Swift
+            // String) directly would hand OpenSSL a temporary that is freed before it reads it.
+            OSSL_MAC_PARAM_DIGEST.withCString { parameterName -> Int32 in
+                "SHA256".withCString { digestName -> Int32 in
+                    var params = [
+                        OSSL_PARAM_construct_utf8_string(parameterName, UnsafeMutablePointer(mutating: digestName), 0),
+                        OSSL_PARAM_construct_end(),
+                    ]
+                    // An empty key is legal for HMAC; OpenSSL wants a non-NULL pointer for it.
+                    var zero: UInt8 = 0
+                    return withUnsafeMutablePointer(to: &zero) { zeroPointer in
+                        EVP_MAC_init(context, keyPointer.baseAddress ?? UnsafePointer(zeroPointer), keyPointer.count, &params)
+                    }
                 }
             }
         }

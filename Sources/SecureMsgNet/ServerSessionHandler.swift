@@ -20,6 +20,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var readSuppressed = false
     private var disconnectPending: String?  // reason for our DISCONNECT, sent once the writer has caught up
     private var ended = false
+    /// The client half-closed while some of its frames were still at the writer: end of stream is
+    /// judged once they are logged and acknowledged (the ACKs can still reach a half-open socket).
+    private var inputEndedWhileLogging = false
     private var handshakeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
 
@@ -32,6 +35,14 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         peer = formatPeer(context.channel.remoteAddress)
+    }
+
+    /// The context holds this handler and this handler held the context: without breaking that cycle
+    /// every closed connection leaked its handler, session and buffers (found by LeakSanitizer).
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handshakeTimer?.cancel()
+        idleTimer?.cancel()
+        self.context = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -101,12 +112,16 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         session.acknowledge(through: sequence)
-        if readSuppressed && unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection / 2 {
+        if readSuppressed && unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection / 2 && !inputEndedWhileLogging {
             readSuppressed = false
             context.read()
         }
         finishDisconnectIfReady()
         flushOutbound()
+        if inputEndedWhileLogging && framesAtWriter == 0 {
+            inputEndedWhileLogging = false
+            endOfStream()
+        }
     }
 
     /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged.
@@ -161,6 +176,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
+            if framesAtWriter > 0 && !ended && (session.state == .established || session.state == .disconnectReceived) {
+                inputEndedWhileLogging = true  // judged in `logged`, after the ACK
+                return
+            }
             endOfStream()
         } else if event is ShutdownRequest {
             beginShutdown()
