@@ -75,12 +75,17 @@ public final class ClientConnection: @unchecked Sendable {
         let ownedGroup = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         self.ownedGroup = ownedGroup
         let loop = (group ?? ownedGroup!).next()
+        let created = NIOLockedValueBox<NIOLoopBound<ClientSessionHandler>?>(nil)
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(options.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ClientSessionHandler(key: options.key, acknowledgementTimeout: options.acknowledgementTimeout))
+                    let handler = ClientSessionHandler(key: options.key, acknowledgementTimeout: options.acknowledgementTimeout)
+                    // Kept here, not looked up in the pipeline later: a fast failure (key mismatch) may
+                    // tear the pipeline down before `attach`, and its reason must not be lost.
+                    created.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
         do {
@@ -90,16 +95,10 @@ public final class ClientConnection: @unchecked Sendable {
             throw .connect("cannot connect to \(options.host):\(options.port): \(describeConnectError(error))")
         }
         let channel = self.channel
-        let attached = loop.submit { [self] () throws -> NIOLoopBound<ClientSessionHandler> in
-            let handler = try channel.pipeline.syncOperations.handler(type: ClientSessionHandler.self)
-            handler.attach(self)
-            return NIOLoopBound(handler, eventLoop: loop)
-        }
-        do {
-            handler = try attached.wait()
-        } catch {
-            throw .connectionLost
-        }
+        guard let bound = created.withLockedValue({ $0 }) else { throw .connectionLost }
+        let attached = loop.submit { [self] in bound.value.attach(self) }
+        handler = bound
+        try? attached.wait()
 
         // Wait for the handshake (or its failure) within the connect timeout.
         let deadline = Date(timeIntervalSinceNow: Double(options.connectTimeout.nanoseconds) / 1e9)
