@@ -172,11 +172,17 @@ func firstNewline(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
 
 /// The number of "\n" bytes in `bytes` (the lines of a DATA plaintext), counted with memchr.
 public func countLines(_ bytes: UnsafeRawBufferPointer) -> Int {
-    var count = 0
+    lineStatistics(bytes).count
+}
+
+/// How many lines `bytes` holds and how long the longest is (without its "\n").
+public func lineStatistics(_ bytes: UnsafeRawBufferPointer) -> (count: Int, longest: Int) {
+    var count = 0, longest = 0
     var start = 0
     while let newline = firstNewline(bytes, from: start) {
         count += 1
+        longest = max(longest, newline - start)
         start = newline + 1
     }
-    return count
+    return (count, longest)
 }

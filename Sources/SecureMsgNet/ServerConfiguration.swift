@@ -11,6 +11,8 @@ public struct ServerConfiguration: Sendable {
     public var sync: SyncPolicy = .batch
     public var echoToStdout = true
     public var maxConnections = 4096
+    /// Longest line accepted (bytes, without its newline); a longer one ends the session unacknowledged.
+    public var maxLineLength = Wire.maximumLineLength
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// Time without a complete frame from an established client before it is disconnected.
     public var idleTimeout: TimeAmount = .seconds(3600)

@@ -87,7 +87,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     private func submit(_ lines: [UInt8], sequence: UInt64) {
-        let lineCount = lines.withUnsafeBytes(countLines)
+        let (lineCount, longest) = lines.withUnsafeBytes(lineStatistics)
+        guard longest <= shared.configuration.maxLineLength else {
+            fail("line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))")
+            return
+        }
         linesReceived += lineCount
         var output: [UInt8] = []
         output.reserveCapacity(shared.configuration.format == .raw ? lines.count : lines.count + lineCount * 64)

@@ -23,6 +23,8 @@ struct Serve: ParsableCommand {
     @Option(help: "When an ACK may be sent: none (after write), batch (after one fdatasync per batch), always (fdatasync per frame).")
     var sync: SyncPolicy = .batch
     @Option(help: "Connections beyond this are refused.") var maxConnections = 4096
+    @Option(help: "Longest line accepted, in bytes (at most 1048575, the protocol's limit); a client that sends a longer one is disconnected.")
+    var maxLineBytes = Wire.maximumLineLength
     @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 10
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
     @Option(help: "Event loop threads (default: one per core).") var threads = System.coreCount
@@ -30,6 +32,9 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard (1...Wire.maximumLineLength).contains(maxLineBytes) else {
+            throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
+        }
         guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
@@ -44,6 +49,7 @@ struct Serve: ParsableCommand {
             configuration.format = format
             configuration.sync = sync
             configuration.maxConnections = maxConnections
+            configuration.maxLineLength = maxLineBytes
             configuration.handshakeTimeout = .seconds(Int64(handshakeTimeout))
             configuration.idleTimeout = .seconds(Int64(idleTimeout))
             configuration.threads = threads

@@ -97,6 +97,17 @@ import Testing
         #expect(logged.prefix(acknowledged).elementsEqual((0..<acknowledged).lazy.map { "k-\($0)"[...] }))
     }
 
+    @Test func linesOverMaxLineBytesEndTheSessionUnacknowledged() throws {
+        let server = try ServerProcess(arguments: ["--format", "raw", "--max-line-bytes", "10"])
+        #expect(try server.send(Data("0123456789\n".utf8)).status == 0)
+        let long = try server.send(Data("ok\n01234567890\n".utf8))
+        #expect(long.status == 1)
+        #expect(long.stderr.contains("0 lines acknowledged"), "\(long.stderr)")
+        #expect(server.waitForStderr { $0.contains("line of 11 bytes over the limit (--max-line-bytes 10)") })
+        #expect(server.log == Data("0123456789\n".utf8))
+        #expect(try server.send(Data("after\n".utf8)).status == 0)
+    }
+
     @Test func sighupReopensTheLogFile() throws {
         let server = try ServerProcess(arguments: ["--format", "raw"])
         #expect(try server.send(Data("before\n".utf8)).status == 0)
