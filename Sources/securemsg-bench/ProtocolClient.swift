@@ -24,6 +24,16 @@ final class ProtocolClient {
         try waitFor { if case .acknowledged = $0 { true } else { false } }
     }
 
+    /// What `echo line | securemsg send` does: DATA and DISCONNECT in one write, then wait for the
+    /// server's ACK and DISCONNECT.
+    func sendLineAndDisconnect(_ line: [UInt8]) throws {
+        session.sendLines(line, lineCount: 1)
+        session.disconnect()
+        try flush()
+        try waitFor { $0 == .closed }
+        guard session.acknowledgedLines == 1 else { throw BenchError("line not acknowledged") }
+    }
+
     func disconnect() throws {
         session.disconnect()
         try flush()

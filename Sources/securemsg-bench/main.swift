@@ -7,7 +7,7 @@ import SecureMsgCore
 //
 //   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
-//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY   connect, handshake, one line, disconnect
+//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY   connect, handshake, one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
 
 let arguments = CommandLine.arguments
@@ -86,8 +86,7 @@ do {
             while now() < deadline {
                 do {
                     let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key)
-                    try client.roundTrip(line)
-                    try client.disconnect()
+                    try client.sendLineAndDisconnect(line)
                     c[i] += 1
                 } catch {
                     f[i] += 1
