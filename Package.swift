@@ -58,6 +58,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // libFuzzer harness (scripts/fuzz); without -DFUZZING a replayer of corpus files.
+        .executableTarget(name: "securemsg-fuzz", dependencies: ["SecureMsgCore", "SecureMsgCapture"]),
         .testTarget(
             name: "SecureMsgCoreTests",
             dependencies: ["SecureMsgCore"],

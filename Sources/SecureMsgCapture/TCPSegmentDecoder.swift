@@ -115,7 +115,9 @@ enum TCPSegmentDecoder {
         guard headerLength <= declaredEnd else { return nil }
         if declaredEnd > packet.count, !snapped { return nil }
         let capturedEnd = min(declaredEnd, packet.count)
-        guard let captured = packet.slice(headerLength..<capturedEnd) else { return nil }
+        // A snapped IPv6 packet's extension headers may end past the captured bytes: forming the
+        // range headerLength..<capturedEnd would then trap (found by scripts/fuzz capture).
+        guard headerLength <= capturedEnd, let captured = packet.slice(headerLength..<capturedEnd) else { return nil }
         return (captured, declaredEnd - headerLength)
     }
 

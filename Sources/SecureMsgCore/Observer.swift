@@ -34,7 +34,9 @@ public final class Observer {
     public func receive(_ direction: Direction, _ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> [Event] {
         var events: [Event] = []
         guard stages[direction] != .dead else { return events }
-        var assembler = assemblers[direction]!
+        // Moved out of the dictionary while it is fed: a copy left there would share the buffer of the
+        // partial frame, and every append would copy it whole (quadratic in a frame's TCP segments).
+        var assembler = assemblers.removeValue(forKey: direction)!
         defer { assemblers[direction] = assembler }
         do {
             try assembler.feed(
@@ -47,7 +49,7 @@ public final class Observer {
         }
         // The ServerHello may unblock a ClientFinished (and frames) that arrived first.
         if direction == .serverToClient, keys != nil, stages[.clientToServer] == .finished, assemblers[.clientToServer]!.hasPartialUnit {
-            var other = assemblers[.clientToServer]!
+            var other = assemblers.removeValue(forKey: .clientToServer)!
             defer { assemblers[.clientToServer] = other }
             do {
                 try other.drain(
