@@ -97,6 +97,7 @@ public final class LogWriter: @unchecked Sendable {
     private func run() {
         var batch: [Record] = []
         while true {
+            let idleSince = monotonicNanoseconds()
             spinForWork()
             condition.lock()
             while queue.isEmpty && !reopenRequested && !stopping {
@@ -106,6 +107,7 @@ public final class LogWriter: @unchecked Sendable {
             }
             queued.subtract(queue.count, ordering: .relaxed)
             swap(&batch, &queue)
+            spinNext = !batch.isEmpty && monotonicNanoseconds() - idleSince < Self.spinWhenGapBelowNanoseconds
             let reopen = reopenRequested
             reopenRequested = false
             let stop = stopping && batch.isEmpty
@@ -127,16 +129,21 @@ public final class LogWriter: @unchecked Sendable {
         stopped.unlock()
     }
 
-    /// Waits up to 50 µs for the next record before sleeping: an interactive client's next line usually
-    /// arrives within one round trip, and waking a sleeping thread costs more than that wait.
+    /// Waits up to 50 µs for the next record before sleeping — but only while records have been arriving
+    /// within 100 µs of each other (an interactive client's next line comes one round trip later, and
+    /// waking a sleeping thread costs more than that wait). Sparse traffic never spins, so many slow
+    /// clients do not pay a core for it.
     private func spinForWork() {
-        var start = timespec(), now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &start)
+        guard spinNext else { return }
+        let start = monotonicNanoseconds()
         while queued.load(ordering: .acquiring) == 0 {
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            if (now.tv_sec - start.tv_sec) * 1_000_000_000 + (now.tv_nsec - start.tv_nsec) > 50_000 { return }
+            if monotonicNanoseconds() - start > Self.spinNanoseconds { return }
         }
     }
+
+    private var spinNext = false
+    private static let spinNanoseconds = 50_000
+    private static let spinWhenGapBelowNanoseconds = 100_000
 
     private func write(_ batch: [Record]) {
         if sync == .always {
@@ -187,6 +194,12 @@ public final class LogWriter: @unchecked Sendable {
             diagnostics("\(error); still writing to the previous file")
         }
     }
+}
+
+private func monotonicNanoseconds() -> Int {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec * 1_000_000_000 + now.tv_nsec
 }
 
 func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
