@@ -53,6 +53,21 @@ public struct MessageFormatter: Sendable {
         }
         var start = 0
         let count = lines.count
+        if format == .text {
+            // The hot path of serve: one prefix and one line per output line, copied from raw pointers
+            // (appending the prefix array itself costs a retain/release per line).
+            prefix.withUnsafeBytes { prefixBytes in
+                while start < count {
+                    let end = firstNewline(lines, from: start) ?? count
+                    let line = UnsafeRawBufferPointer(rebasing: lines[start..<end])
+                    output.append(contentsOf: prefixBytes)
+                    appendEscapedText(line, to: &output)
+                    output.append(0x0A)
+                    start = end + 1
+                }
+            }
+            return
+        }
         while start < count {
             let end = firstNewline(lines, from: start) ?? count
             let line = UnsafeRawBufferPointer(rebasing: lines[start..<end])
