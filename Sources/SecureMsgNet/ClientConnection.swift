@@ -287,9 +287,12 @@ final class ClientSessionHandler: ChannelInboundHandler {
         case .peerDisconnected(let reason):
             // The server is ending the session (shutdown, idle timeout): answer, then report.
             session.disconnect()
-            flush(context)
             let unacknowledged = session.unacknowledgedLines
-            finish(unacknowledged > 0 || !wantDisconnect ? .closedByServer(reason: reason) : nil, context: context)
+            // The outcome is recorded before our answer is written: that write can fail at once (the
+            // server may already have closed) and re-enter channelInactive, which must not decide it.
+            terminate(unacknowledged > 0 || !wantDisconnect ? .closedByServer(reason: reason) : nil)
+            flush(context)
+            finish(nil, context: context)
         case .closed:
             let unacknowledged = session.unacknowledgedLines
             finish(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil, context: context)
@@ -323,7 +326,8 @@ final class ClientSessionHandler: ChannelInboundHandler {
         watchdog?.cancel()
         do {
             try session.receiveEndOfStream()
-            terminate(nil)
+            let unacknowledged = session.unacknowledgedLines
+            terminate(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil)
         } catch {
             terminate(.connectionLost)
         }
