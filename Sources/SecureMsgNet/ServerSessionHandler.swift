@@ -73,10 +73,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         case .handshakeCompleted:
             handshakeTimer?.cancel()
             handshakeTimer = nil
+            lastFrameAt = .now()
             armIdleTimer()
             if shared.configuration.verbose { StandardError.line("securemsg serve: \(peer) #\(sessionID): session started") }
         case .data(let sequence, let lines):
-            armIdleTimer()
+            lastFrameAt = .now()
             submit(lines, sequence: sequence)
         case .peerDisconnected:
             disconnectPending = ""
@@ -150,11 +151,24 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func armIdleTimer() {
+    /// One timer per session, not one per frame: when it fires it checks how long ago the last complete
+    /// frame came and sleeps again for the rest of the timeout.
+    private func armIdleTimer(in delay: TimeAmount? = nil) {
         idleTimer?.cancel()
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        idleTimer = context.eventLoop.scheduleTask(in: shared.configuration.idleTimeout) {
-            bound.value.idle()
+        idleTimer = context.eventLoop.scheduleTask(in: delay ?? shared.configuration.idleTimeout) {
+            bound.value.idleTimerFired()
+        }
+    }
+
+    private var lastFrameAt = NIODeadline.now()
+
+    private func idleTimerFired() {
+        let idleFor = NIODeadline.now() - lastFrameAt
+        if idleFor < shared.configuration.idleTimeout {
+            armIdleTimer(in: shared.configuration.idleTimeout - idleFor)
+        } else {
+            idle()
         }
     }
 
