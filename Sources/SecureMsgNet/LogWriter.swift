@@ -28,6 +28,9 @@ public final class LogWriter: @unchecked Sendable {
 
     private let condition = NSCondition()
     private var queue: [Record] = []
+    /// Per-session stderr lines, written by this thread too: an event loop never blocks on a slow
+    /// stderr pipe, and a burst of short sessions costs one write instead of one per session.
+    private var diagnosticLines: [UInt8] = []
     /// Records submitted and not yet taken, readable without the lock so the writer can spin on it.
     private let queued = Atomic<Int>(0)
     /// The writer is asleep on `condition` (only then does `submit` pay for a wake-up).
@@ -75,6 +78,16 @@ public final class LogWriter: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Queues one line for stderr (in order with other diagnostics, soon, never on the caller's thread).
+    public func submitDiagnostic(_ line: String) {
+        condition.lock()
+        diagnosticLines.append(contentsOf: line.utf8)
+        diagnosticLines.append(0x0A)
+        queued.add(1, ordering: .releasing)
+        if writerAsleep { condition.signal() }
+        condition.unlock()
+    }
+
     /// SIGHUP: reopen the log path (after logrotate moved the old file away).
     public func requestReopen() {
         condition.lock()
@@ -96,26 +109,32 @@ public final class LogWriter: @unchecked Sendable {
 
     private func run() {
         var batch: [Record] = []
+        var diagnostics: [UInt8] = []
         while true {
             let idleSince = monotonicNanoseconds()
             spinForWork()
             condition.lock()
-            while queue.isEmpty && !reopenRequested && !stopping {
+            while queue.isEmpty && diagnosticLines.isEmpty && !reopenRequested && !stopping {
                 writerAsleep = true
                 condition.wait()
                 writerAsleep = false
             }
-            queued.subtract(queue.count, ordering: .relaxed)
+            queued.store(0, ordering: .relaxed)
             swap(&batch, &queue)
+            swap(&diagnostics, &diagnosticLines)
             spinNext = !batch.isEmpty && monotonicNanoseconds() - idleSince < Self.spinWhenGapBelowNanoseconds
             let reopen = reopenRequested
             reopenRequested = false
-            let stop = stopping && batch.isEmpty
+            let stop = stopping && batch.isEmpty && diagnostics.isEmpty
             condition.unlock()
 
             if reopen { reopenLog() }
             if !batch.isEmpty { write(batch) }
             batch.removeAll(keepingCapacity: true)
+            if !diagnostics.isEmpty {
+                _ = writeAll(STDERR_FILENO, diagnostics)
+                diagnostics.removeAll(keepingCapacity: true)
+            }
             if stop { break }
         }
         if logFD >= 0 {

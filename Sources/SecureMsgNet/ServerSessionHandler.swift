@@ -75,7 +75,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             handshakeTimer = nil
             lastFrameAt = .now()
             armIdleTimer()
-            if shared.configuration.verbose { StandardError.line("securemsg serve: \(peer) #\(sessionID): session started") }
+            if shared.configuration.verbose { shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): session started") }
         case .data(let sequence, let lines):
             lastFrameAt = .now()
             submit(lines, sequence: sequence)
@@ -247,7 +247,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         handshakeTimer?.cancel()
         idleTimer?.cancel()
         let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
-        StandardError.line("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
+        shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
         // Close after pending writes (our last ACK and DISCONNECT) have gone out.
         let channel = context.channel
         if channel.isActive {
