@@ -4,25 +4,12 @@ import Testing
 
 /// `securemsg send` with stdin on a pipe the test feeds at its own pace.
 final class PipedSend: @unchecked Sendable {  // feed() from one thread, the rest from another
-    let process = Process()
     let input = Pipe()
-    let stderrPath: String
+    private let client: BackgroundClient
 
     init(port: Int, keyPath: String) throws {
         _ = RawSocket.ignoreSIGPIPE
-        stderrPath = FileManager.default.temporaryDirectory.appendingPathComponent("send-\(UUID().uuidString).err").path
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Harness.binary)
-        process.arguments = ["send", "--port", "\(port)", "--key-file", keyPath]
-        process.standardInput = input
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
-        try process.run()
-    }
-
-    deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        try? FileManager.default.removeItem(atPath: stderrPath)
+        client = try BackgroundClient(["send", "--port", "\(port)", "--key-file", keyPath], standardInput: input)
     }
 
     /// Writes all of `bytes`; false once send's stdin is gone (it exited).
@@ -45,14 +32,7 @@ final class PipedSend: @unchecked Sendable {  // feed() from one thread, the res
     func closeInput() { try? input.fileHandleForWriting.close() }
 
     func wait(timeout: TimeInterval = 60) -> (status: Int32, stderr: String) {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            Issue.record("send did not exit within \(timeout) s")
-            kill(process.processIdentifier, SIGKILL)
-        }
-        process.waitUntilExit()
-        return (process.terminationStatus, (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "")
+        client.wait(timeout: timeout)
     }
 }
 

@@ -186,12 +186,17 @@ final class BackgroundClient {
     let process = Process()
     let stderrPath: String
 
-    init(_ arguments: [String], stdinFile: String) throws {
+    convenience init(_ arguments: [String], stdinFile: String) throws {
+        try self.init(arguments, standardInput: FileHandle(forReadingAtPath: stdinFile) as Any)
+    }
+
+    /// `standardInput` is a FileHandle or a Pipe, as Process takes it.
+    init(_ arguments: [String], standardInput: Any) throws {
         stderrPath = FileManager.default.temporaryDirectory.appendingPathComponent("client-\(UUID().uuidString).err").path
         FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: Harness.binary)
         process.arguments = arguments
-        process.standardInput = FileHandle(forReadingAtPath: stdinFile)
+        process.standardInput = standardInput
         process.standardOutput = FileHandle.nullDevice
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
         try process.run()
@@ -205,7 +210,10 @@ final class BackgroundClient {
     func wait(timeout: TimeInterval = 60) -> (status: Int32, stderr: String) {
         let deadline = Date(timeIntervalSinceNow: timeout)
         while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if process.isRunning {
+            Issue.record("securemsg \(process.arguments?.first ?? "") did not exit within \(timeout) s")
+            kill(process.processIdentifier, SIGKILL)
+        }
         process.waitUntilExit()
         return (process.terminationStatus, (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "")
     }
