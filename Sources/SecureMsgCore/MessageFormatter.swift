@@ -72,9 +72,8 @@ public struct MessageFormatter: Sendable {
             let end = firstNewline(lines, from: start) ?? count
             let line = UnsafeRawBufferPointer(rebasing: lines[start..<end])
             output.append(contentsOf: prefix)
-            if format == .text {
-                appendEscapedText(line, to: &output)
-            } else if isPlainASCII(line) || String(validating: line, as: UTF8.self) != nil {
+            // jsonl (text returned above).
+            if isPlainASCII(line) || String(validating: line, as: UTF8.self) != nil {
                 output.append(contentsOf: jsonSuffixStart)
                 appendJSONEscaped(line, to: &output)
                 output.append(contentsOf: [0x22, 0x7D])  // "}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SecureMsgCapture
 import SecureMsgCore
+import SecureMsgNet
 
 struct DecryptLog: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -142,6 +143,6 @@ final class OutputSink {
 
     func diagnostic(_ text: String) {
         flush()
-        StandardErrorLine.write("securemsg decrypt-log: \(text)")
+        StandardError.line("securemsg decrypt-log: \(text)")
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SecureMsgCore
+import SecureMsgNet
 
 /// Where the pre-shared key comes from. Never from the command line itself: argv is visible to every
 /// user of the machine through /proc.
@@ -41,7 +42,7 @@ struct KeyOptions: ParsableArguments {
             }
             let key = PreSharedKey(bytes: SystemRandom().bytes(PreSharedKey.length))
             try Self.write(key, to: path, createDirectory: true)
-            StandardErrorLine.write("securemsg: created a new key at \(path) (mode 0600); give clients a copy")
+            StandardError.line("securemsg: created a new key at \(path) (mode 0600); give clients a copy")
             return key
         }
         return try Self.read(path: path)

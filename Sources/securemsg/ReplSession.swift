@@ -36,7 +36,7 @@ enum ReplSession {
             do {
                 history = try HistoryFile(path: historyPath)
             } catch {
-                StandardErrorLine.write("securemsg repl: history not kept: \(error)")
+                StandardError.line("securemsg repl: history not kept: \(error)")
             }
         }
         let editor: LineEditor

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SecureMsgNet
 
 @main
 struct SecureMsg: ParsableCommand {
@@ -26,7 +27,7 @@ extension ParsableCommand {
         do {
             try body()
         } catch let failure as CommandFailure {
-            StandardErrorLine.write("securemsg \(name): \(failure.message)")
+            StandardError.line("securemsg \(name): \(failure.message)")
             throw ExitCode(failure.exitCode)
         }
     }

@@ -78,7 +78,7 @@ struct Send: ParsableCommand {
         if verbose {
             let seconds = max(Date().timeIntervalSince(started), 1e-6)
             let lines = client.acknowledgedLines
-            StandardErrorLine.write(String(
+            StandardError.line(String(
                 format: "securemsg send: %d lines (%d bytes) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
                 lines, bytesSent, seconds, Double(lines) / seconds, Double(bytesSent) / seconds / 1e6))
         }
