@@ -25,6 +25,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var inputEndedWhileLogging = false
     private var handshakeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
+    /// After our last frame and FIN: input is read and dropped until the client's FIN or this timer.
+    private var lingerTimer: Scheduled<Void>?
+    private var lingering = false
+    private var inputClosed = false
 
     init(shared: ServerShared, sessionID: UInt64) {
         self.shared = shared
@@ -42,6 +46,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
         idleTimer?.cancel()
+        lingerTimer?.cancel()
         self.context = nil
     }
 
@@ -64,7 +69,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             fail(String(describing: error))
             return
         }
-        for event in events { handle(event) }
+        // A frame can end the session (a line over the limit): the frames after it in this read are dropped.
+        for event in events where !ended { handle(event) }
         flushOutbound()
     }
 
@@ -184,6 +190,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
+        if lingering {
+            context.read()  // drain: unread input at close() would make the kernel send RST
+            return
+        }
         // Backpressure: while this connection's lines wait for the writer, read no more from it.
         if ended || unloggedBytes > shared.configuration.maxUnloggedBytesPerConnection || disconnectPending != nil && session.state != .disconnectReceived {
             readSuppressed = true
@@ -194,6 +204,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
+            inputClosed = true
+            if ended {
+                context.close(promise: nil)  // the client's FIN ends the linger
+                return
+            }
             if framesAtWriter > 0 && !ended && (session.state == .established || session.state == .disconnectReceived) {
                 inputEndedWhileLogging = true  // judged in `logged`, after the ACK
                 return
@@ -210,6 +225,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         endOfStream()
         handshakeTimer?.cancel()
         idleTimer?.cancel()
+        lingerTimer?.cancel()
         shared.registry.remove(sessionID)
         context.fireChannelInactive()
     }
@@ -225,6 +241,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if ended {
+            context.close(promise: nil)  // e.g. a reset while lingering: nothing more to say
+            return
+        }
         fail("connection error: \(error)")
     }
 
@@ -250,12 +270,27 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
         // Close after pending writes (our last ACK and DISCONNECT) have gone out.
         let channel = context.channel
-        if channel.isActive {
-            context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
-                channel.close(promise: nil)
-            }
+        guard channel.isActive else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { written in
+            guard case .success = written else { return channel.close(promise: nil) }
+            bound.value.closeGracefully(channel)
         }
     }
+
+    /// A lingering close, as HTTP servers do: close() with client bytes still unread makes the kernel
+    /// answer with RST, which discards our last ACK and DISCONNECT wherever they are not yet delivered,
+    /// and a client still streaming would see "connection reset" instead of the reason. So: FIN first,
+    /// then read and drop input until the client closes too, for at most `lingerTime`.
+    private func closeGracefully(_ channel: Channel) {
+        guard !inputClosed, context != nil else { return channel.close(promise: nil) }
+        channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        lingering = true
+        lingerTimer = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
+        context.read()
+    }
+
+    static let lingerTime = TimeAmount.seconds(1)
 }
 
 /// Sent down each connection's pipeline when serve is asked to stop.

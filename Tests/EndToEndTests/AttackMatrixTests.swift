@@ -479,6 +479,28 @@ enum Reason {
         try bed.finish(alsoLogged: ["half-open", "mid-frame-0", "reset-0"])
     }
 
+    /// serve ends a session while the client is still sending: it sends FIN and reads and drops input
+    /// for a while (a lingering close) instead of closing with bytes unread, which makes the kernel answer
+    /// RST and discard serve's last frames wherever they are still in flight. The valid frames that came
+    /// behind the offending one (often in the same read) are not logged.
+    @Test func clientStillSendingWhenServeEndsTheSessionSeesEndOfStreamNotReset() throws {
+        let bed = try AttackBed(["--max-line-bytes", "10"])
+        let attacker = try bed.attacker()
+        try attacker.handshake()
+        try attacker.socket.write(attacker.sealData(["this line is over ten bytes"]))
+        let filler = attacker.sealData(["more"])
+        let until = Date(timeIntervalSinceNow: 0.3)
+        var writes = 0
+        while Date() < until, (try? attacker.socket.write(filler)) != nil {
+            writes += 1
+            usleep(2_000)
+        }
+        #expect(writes > 20, "writes after serve ended the session failed: it closed without draining")
+        let outcome = bed.expectRejected(attacker.socket, "over the limit", what: "still sending")
+        #expect(outcome.closed == .eof, "\(outcome.closed)")
+        try bed.finish()
+    }
+
     // MARK: Connection flood
 
     /// 9,000 connections that never send, against --max-connections 8000: the ones over the limit are
