@@ -56,7 +56,7 @@ public final class ClientConnection: @unchecked Sendable {
     private var _sentLines = 0
     private let options: ClientOptions
     private let channel: Channel
-    private var handler: NIOLoopBound<ClientSessionHandler>!
+    private var handler: ClientSessionHandler!  // its event-loop methods are called on its loop only
     private let ownedGroup: MultiThreadedEventLoopGroup?
     private let onAcknowledged: AcknowledgementHandler?
     private let onTerminated: TerminationHandler?
@@ -75,7 +75,7 @@ public final class ClientConnection: @unchecked Sendable {
         let ownedGroup = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         self.ownedGroup = ownedGroup
         let loop = (group ?? ownedGroup!).next()
-        let created = NIOLockedValueBox<NIOLoopBound<ClientSessionHandler>?>(nil)
+        let created = NIOLockedValueBox<ClientSessionHandler?>(nil)
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(options.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -84,7 +84,7 @@ public final class ClientConnection: @unchecked Sendable {
                     let handler = ClientSessionHandler(key: options.key, acknowledgementTimeout: options.acknowledgementTimeout)
                     // Kept here, not looked up in the pipeline later: a fast failure (key mismatch) may
                     // tear the pipeline down before `attach`, and its reason must not be lost.
-                    created.withLockedValue { $0 = NIOLoopBound(handler, eventLoop: channel.eventLoop) }
+                    created.withLockedValue { $0 = handler }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -95,9 +95,9 @@ public final class ClientConnection: @unchecked Sendable {
             throw .connect("cannot connect to \(options.host):\(options.port): \(describeConnectError(error))")
         }
         let channel = self.channel
-        guard let bound = created.withLockedValue({ $0 }) else { throw .connectionLost }
-        let attached = loop.submit { [self] in bound.value.attach(self) }
-        handler = bound
+        guard let handler = created.withLockedValue({ $0 }) else { throw .connectionLost }
+        let attached = loop.submit { [self] in handler.attach(self) }
+        self.handler = handler
         try? attached.wait()
 
         // Wait for the handshake (or its failure) within the connect timeout.
@@ -132,14 +132,13 @@ public final class ClientConnection: @unchecked Sendable {
         bytesInFlight += lines.count
         _sentLines += lineCount
         condition.unlock()
-        let handler = self.handler!
-        handler.eventLoop.execute { handler.value.send(lines, lineCount: lineCount) }
+        handler.sendFromAnyThread(lines, lineCount: lineCount, allocator: channel.allocator)
     }
 
     /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged.
     public func finish() throws(ClientFailure) {
         let handler = self.handler!
-        handler.eventLoop.execute { handler.value.disconnect() }
+        channel.eventLoop.execute { handler.disconnect() }
         condition.lock()
         while !terminated { condition.wait() }
         let failure = self.failure
@@ -198,19 +197,31 @@ private func describeConnectError(_ error: Error) -> String {
     return text
 }
 
-/// Drives the client `Session` on its event loop.
-final class ClientSessionHandler: ChannelInboundHandler {
+/// Drives the client `Session`. Two threads use it: the event loop (reads, ACKs, timers, the DISCONNECT
+/// exchange) and the sending thread, which seals its own DATA frames (`sendFromAnyThread`) so that
+/// encryption, the client's main cost, runs beside the socket writes rather than on the event loop.
+/// Every use of `session` holds `lock`, and whatever is sealed goes into `sealed` under that same lock;
+/// only the event loop writes `sealed` out, in order. So the wire carries frames in sequence order,
+/// whichever thread sealed them.
+final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    private let lock = NIOLock()
+    // Guarded by `lock`:
     private let session: Session
-    private var connection: ClientConnection?
-    private var context: ChannelHandlerContext?
+    private var sealed: [ByteBuffer] = []
+    private var writeScheduled = false
     private var frameBytes: [(sequence: UInt64, bytes: Int)] = []
     private var frameHead = 0
-    private var wantDisconnect = false
     private var lastProgress = NIODeadline.now()
+
+    // Event loop only:
+    private var connection: ClientConnection?
+    private var context: ChannelHandlerContext?
+    private var wantDisconnect = false
     private var watchdog: RepeatedTask?
+    private var eventLoop: EventLoop?
 
     private let acknowledgementTimeout: TimeAmount
 
@@ -246,6 +257,7 @@ final class ClientSessionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.eventLoop = context.eventLoop
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -256,7 +268,7 @@ final class ClientSessionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         do {
-            let events = try buffer.withUnsafeReadableBytes { try session.receive($0) }
+            let events = try lock.withLock { try buffer.withUnsafeReadableBytes { try session.receive($0) } }
             for event in events { handle(event, context: context) }
             flush(context)
         } catch {
@@ -273,63 +285,88 @@ final class ClientSessionHandler: ChannelInboundHandler {
             startWatchdog(context)
             if wantDisconnect { disconnect() }
         case .acknowledged(let sequence, let lines):
-            lastProgress = .now()
-            var bytes = 0
-            while frameHead < frameBytes.count, frameBytes[frameHead].sequence <= sequence {
-                bytes += frameBytes[frameHead].bytes
-                frameHead += 1
-            }
-            if frameHead > 4096 {
-                frameBytes.removeFirst(frameHead)
-                frameHead = 0
+            let bytes: Int = lock.withLock {
+                lastProgress = .now()
+                var bytes = 0
+                while frameHead < frameBytes.count, frameBytes[frameHead].sequence <= sequence {
+                    bytes += frameBytes[frameHead].bytes
+                    frameHead += 1
+                }
+                if frameHead > 4096 {
+                    frameBytes.removeFirst(frameHead)
+                    frameHead = 0
+                }
+                return bytes
             }
             connection?.acknowledged(lines: lines, bytes: bytes)
         case .peerDisconnected(let reason):
             // The server is ending the session (shutdown, idle timeout): answer, then report.
-            session.disconnect()
-            let unacknowledged = session.unacknowledgedLines
+            let unacknowledged = lock.withLock {
+                session.disconnect()
+                return session.unacknowledgedLines
+            }
             // The outcome is recorded before our answer is written: that write can fail at once (the
             // server may already have closed) and re-enter channelInactive, which must not decide it.
             terminate(unacknowledged > 0 || !wantDisconnect ? .closedByServer(reason: reason) : nil)
             flush(context)
             finish(nil, context: context)
         case .closed:
-            let unacknowledged = session.unacknowledgedLines
+            let unacknowledged = lock.withLock { session.unacknowledgedLines }
             finish(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil, context: context)
         case .data:
             break  // the session rejects DATA sent to a client before it gets here
         }
     }
 
-    func send(_ lines: [UInt8], lineCount: Int) {
-        guard let context, session.canSend else { return }
-        flush(context)  // anything queued goes first
-        var buffer = context.channel.allocator.buffer(capacity: Session.sealedLength(plaintextLength: lines.count))
-        lines.withUnsafeBytes { plaintext in
-            _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Session.sealedLength(plaintextLength: plaintext.count)) { output in
-                session.sendLines(plaintext, lineCount: lineCount, into: output)
+    /// Seals one DATA frame on the calling thread and queues it for the event loop to write. Does
+    /// nothing once the session can no longer send (the caller learns why from the termination).
+    func sendFromAnyThread(_ lines: [UInt8], lineCount: Int, allocator: ByteBufferAllocator) {
+        var buffer = allocator.buffer(capacity: Session.sealedLength(plaintextLength: lines.count))
+        let scheduleWrite: Bool = lock.withLock {
+            guard session.canSend else { return false }
+            collectOutboundLocked()  // anything the session queued goes first
+            lines.withUnsafeBytes { plaintext in
+                _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Session.sealedLength(plaintextLength: plaintext.count)) { output in
+                    session.sendLines(plaintext, lineCount: lineCount, into: output)
+                }
             }
+            frameBytes.append((session.lastDataSequenceSent!, lines.count))
+            if session.unacknowledgedLines == lineCount { lastProgress = .now() }
+            sealed.append(buffer)
+            defer { writeScheduled = true }
+            return !writeScheduled
         }
-        frameBytes.append((session.lastDataSequenceSent!, lines.count))
-        if session.unacknowledgedLines == lineCount { lastProgress = .now() }
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        guard scheduleWrite, let eventLoop else { return }
+        eventLoop.execute { self.writeSealed() }
     }
 
     func disconnect() {
         wantDisconnect = true
-        guard let context, session.canSend else { return }
-        session.disconnect()
+        guard let context else { return }
+        let sent: Bool = lock.withLock {
+            guard session.canSend else { return false }
+            session.disconnect()
+            return true
+        }
+        if sent { flush(context) }
+    }
+
+    private func writeSealed() {
+        guard let context else { return }
         flush(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         watchdog?.cancel()
-        do {
-            try session.receiveEndOfStream()
-            let unacknowledged = session.unacknowledgedLines
-            terminate(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil)
-        } catch {
-            terminate(.connectionLost)
+        let ended: Result<Int, Error> = lock.withLock {
+            Result {
+                try session.receiveEndOfStream()
+                return session.unacknowledgedLines
+            }
+        }
+        switch ended {
+        case .success(let unacknowledged): terminate(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil)
+        case .failure: terminate(.connectionLost)
         }
         context.fireChannelInactive()
     }
@@ -347,19 +384,34 @@ final class ClientSessionHandler: ChannelInboundHandler {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
             let handler = bound.value
-            guard handler.session.unacknowledgedLines > 0, NIODeadline.now() - handler.lastProgress > timeout,
-                  let context = handler.context else { return }
+            let stalled = handler.lock.withLock {
+                handler.session.unacknowledgedLines > 0 && NIODeadline.now() - handler.lastProgress > timeout
+            }
+            guard stalled, let context = handler.context else { return }
             handler.fail(.timeout("no acknowledgement from the server for \(timeout.nanoseconds / 1_000_000_000) s"), context: context)
         }
     }
 
-
-    private func flush(_ context: ChannelHandlerContext) {
-        guard session.hasOutbound, context.channel.isActive else { return }
+    /// Under `lock`: moves what the session queued (handshake messages, DISCONNECT) behind what is sealed.
+    private func collectOutboundLocked() {
+        guard session.hasOutbound else { return }
         let bytes = session.takeOutbound()
-        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        sealed.append(buffer)
+    }
+
+    /// Writes everything sealed so far, in order (event loop only).
+    private func flush(_ context: ChannelHandlerContext) {
+        let buffers: [ByteBuffer] = lock.withLock {
+            collectOutboundLocked()
+            writeScheduled = false
+            defer { sealed.removeAll(keepingCapacity: true) }
+            return sealed
+        }
+        guard !buffers.isEmpty, context.channel.isActive else { return }
+        for buffer in buffers { context.write(wrapOutboundOut(buffer), promise: nil) }
+        context.flush()
     }
 
     private func finish(_ failure: ClientFailure?, context: ChannelHandlerContext) {
