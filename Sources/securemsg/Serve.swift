@@ -27,7 +27,7 @@ struct Serve: ParsableCommand {
     var maxLineBytes = Wire.maximumLineLength
     @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 10
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
-    @Option(help: "Event loop threads (default: one per core).") var threads = System.coreCount
+    @Option(help: "Event loop threads (default: one per two cores).") var threads = ServerConfiguration.defaultThreads
     @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
 
     func validate() throws {
