@@ -157,6 +157,8 @@ public final class LogWriter: @unchecked Sendable {
         let start = monotonicNanoseconds()
         while queued.load(ordering: .acquiring) == 0 {
             if monotonicNanoseconds() - start > Self.spinNanoseconds { return }
+            // On a small machine the thread we wait for (or its client) may need this very core.
+            sched_yield()
         }
     }
 
