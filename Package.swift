@@ -23,6 +23,8 @@ let package = Package(
         .systemLibrary(name: "CReadline", providers: [.apt(["libreadline-dev"])]),
         // No pkgConfig: libpcap.pc names dbus-1 as a private requirement that may be absent.
         .systemLibrary(name: "CPcap", providers: [.apt(["libpcap-dev"])]),
+        // glibc's <malloc.h> (mallopt), part of libc: nothing to link or install.
+        .systemLibrary(name: "CMalloc"),
 
         // The protocol: keys, crypto, frame codec, session state machine. No I/O.
         .target(name: "SecureMsgCore", dependencies: ["CSSL"]),
@@ -44,6 +46,7 @@ let package = Package(
                 "SecureMsgNet",
                 "SecureMsgCapture",
                 "CReadline",
+                "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
