@@ -134,7 +134,7 @@ public final class ClientConnection: @unchecked Sendable {
         bytesInFlight += lines.count
         _sentLines += lineCount
         condition.unlock()
-        handler.sendFromAnyThread(lines, lineCount: lineCount, allocator: channel.allocator)
+        handler.sendFromAnyThread(lines, lineCount: lineCount, channel: channel)
     }
 
     /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged.
@@ -223,7 +223,6 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private var context: ChannelHandlerContext?
     private var wantDisconnect = false
     private var watchdog: RepeatedTask?
-    private var eventLoop: EventLoop?
 
     private let acknowledgementTimeout: TimeAmount
 
@@ -259,7 +258,6 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.eventLoop = context.eventLoop
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -322,8 +320,8 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// Seals one DATA frame on the calling thread and queues it for the event loop to write. Does
     /// nothing once the session can no longer send (the caller learns why from the termination).
-    func sendFromAnyThread(_ lines: [UInt8], lineCount: Int, allocator: ByteBufferAllocator) {
-        var buffer = allocator.buffer(capacity: Session.sealedLength(plaintextLength: lines.count))
+    func sendFromAnyThread(_ lines: [UInt8], lineCount: Int, channel: Channel) {
+        var buffer = channel.allocator.buffer(capacity: Session.sealedLength(plaintextLength: lines.count))
         let scheduleWrite: Bool = lock.withLock {
             guard session.canSend else { return false }
             collectOutboundLocked()  // anything the session queued goes first
@@ -338,8 +336,10 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             defer { writeScheduled = true }
             return !writeScheduled
         }
-        guard scheduleWrite, let eventLoop else { return }
-        eventLoop.execute { self.writeSealed() }
+        guard scheduleWrite else { return }
+        channel.eventLoop.execute {
+            if let context = self.context { self.flush(context) }
+        }
     }
 
     func disconnect() {
@@ -351,11 +351,6 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             return true
         }
         if sent { flush(context) }
-    }
-
-    private func writeSealed() {
-        guard let context else { return }
-        flush(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

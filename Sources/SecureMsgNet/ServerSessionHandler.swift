@@ -25,9 +25,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var inputEndedWhileLogging = false
     private var handshakeTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
-    /// After our last frame and FIN: input is read and dropped until the client's FIN or this timer.
+    /// Set once our last frame and FIN are out: from then on input is read and dropped until the
+    /// client's FIN or this timer, whichever comes first.
     private var lingerTimer: Scheduled<Void>?
-    private var lingering = false
     private var inputClosed = false
 
     init(shared: ServerShared, sessionID: UInt64) {
@@ -190,7 +190,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if lingering {
+        if lingerTimer != nil {
             context.read()  // drain: unread input at close() would make the kernel send RST
             return
         }
@@ -285,7 +285,6 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private func closeGracefully(_ channel: Channel) {
         guard !inputClosed, context != nil else { return channel.close(promise: nil) }
         channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
-        lingering = true
         lingerTimer = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
         context.read()
     }
