@@ -23,6 +23,8 @@ public final class LogWriter: @unchecked Sendable {
 
     private struct Record {
         var bytes: [UInt8]
+        /// The stream these lines belong to and its offset just past them (nil: not counted in a table).
+        var stream: (key: StreamKey, offset: UInt64)?
         var completion: Completion
     }
 
@@ -45,16 +47,40 @@ public final class LogWriter: @unchecked Sendable {
     private let sync: SyncPolicy
     private let echoToStdout: Bool
     private var logFD: Int32 = -1
+    /// The open log file and its size, tracked here (this thread is its only writer) for the stream table.
+    private var logIdentity = LogFileIdentity.none
+    private var logSize: UInt64 = 0
     private var stdoutBroken = false
     private let diagnostics: @Sendable (String) -> Void
+    /// Offsets of every stream, committed with the lines (nil: no table, lines are not counted).
+    public let streamTable: StreamTable?
+    private let faults: FaultInjector?
 
-    /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first message.
-    public init(logPath: String?, sync: SyncPolicy, echoToStdout: Bool, diagnostics: @escaping @Sendable (String) -> Void) throws {
+    public struct StreamTableConfiguration: Sendable {
+        /// nil: in memory only.
+        public var path: String?
+        public var options = StreamTable.Options()
+        public init(path: String?) { self.path = path }
+    }
+
+    /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first
+    /// message; opens the stream table and reconciles the two (a torn tail of either is cut back).
+    public init(logPath: String?, sync: SyncPolicy, echoToStdout: Bool, streamTable: StreamTableConfiguration? = nil,
+                faults: FaultInjector? = nil, diagnostics: @escaping @Sendable (String) -> Void) throws {
         self.logPath = logPath
         self.sync = sync
         self.echoToStdout = echoToStdout
         self.diagnostics = diagnostics
+        self.faults = faults
         if let logPath { logFD = try Self.open(logPath) }
+        if let streamTable {
+            let table = try StreamTable(path: streamTable.path, logFD: logFD, options: streamTable.options)
+            if let note = table.recoveryNote { diagnostics("stream table \(streamTable.path ?? ""): \(note)") }
+            self.streamTable = table
+        } else {
+            self.streamTable = nil
+        }
+        if logFD >= 0 { noteLogSize() }
         let thread = Thread { [unowned self] in self.run() }
         thread.name = "securemsg-log-writer"
         self.thread = thread
@@ -69,10 +95,11 @@ public final class LogWriter: @unchecked Sendable {
         return fd
     }
 
-    /// Queues formatted lines; `completion` runs on the writer thread once they are written.
-    public func submit(_ bytes: [UInt8], completion: @escaping Completion) {
+    /// Queues formatted lines; `completion` runs on the writer thread once they are written (and synced,
+    /// and counted in the stream table as `stream.offset` when given).
+    public func submit(_ bytes: [UInt8], stream: (key: StreamKey, offset: UInt64)? = nil, completion: @escaping Completion) {
         condition.lock()
-        queue.append(Record(bytes: bytes, completion: completion))
+        queue.append(Record(bytes: bytes, stream: stream, completion: completion))
         queued.add(1, ordering: .releasing)
         if writerAsleep { condition.signal() }
         condition.unlock()
@@ -142,6 +169,7 @@ public final class LogWriter: @unchecked Sendable {
             Foundation.close(logFD)
             logFD = -1
         }
+        streamTable?.close()
         stopped.lock()
         hasStopped = true
         stopped.broadcast()
@@ -166,10 +194,13 @@ public final class LogWriter: @unchecked Sendable {
     private static let spinNanoseconds = 50_000
     private static let spinWhenGapBelowNanoseconds = 100_000
 
+    /// The order that keeps log and stream table consistent across a crash at any instant
+    /// (`StreamTableRecovery`): lines to the log, log synced (per policy), then the table group naming the
+    /// log's new size, table synced (per policy); only then the completions, which send the ACKs.
     private func write(_ batch: [Record]) {
         if sync == .always {
             for record in batch {
-                let ok = writeOut(batch: [record]) && syncLog()
+                let ok = writeOut(batch: [record]) && syncLog() && commitStreams([record])
                 record.completion(ok)
             }
             return
@@ -177,7 +208,30 @@ public final class LogWriter: @unchecked Sendable {
         // One writev per destination for the whole batch: syscalls, not bytes, dominate small lines.
         var ok = writeOut(batch: batch)
         if ok && sync == .batch { ok = syncLog() }
+        if ok { ok = commitStreams(batch) }
         for record in batch { record.completion(ok) }
+    }
+
+    private func commitStreams(_ batch: [Record]) -> Bool {
+        guard let streamTable else { return true }
+        var advanced: [StreamKey: UInt64] = [:]
+        for record in batch {
+            guard let stream = record.stream else { continue }
+            advanced[stream.key] = max(advanced[stream.key] ?? 0, stream.offset)
+        }
+        // Every byte this writer puts in the log is followed by a group counting it, even lines of no
+        // stream: recovery cuts back whatever no group counts.
+        guard !advanced.isEmpty || logSize != streamTable.lastLogSize else { return true }
+        if streamTable.commit(advanced, log: logIdentity, logSize: logSize, sync: sync != .none, faults: faults) { return true }
+        diagnostics("stream table \(streamTable.path ?? ""): write failed: \(String(cString: strerror(errno)))")
+        return false
+    }
+
+    private func noteLogSize() {
+        var info = stat()
+        guard fstat(logFD, &info) == 0 else { return }
+        logIdentity = LogFileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        logSize = UInt64(info.st_size)
     }
 
     private func writeOut(batch: [Record]) -> Bool {
@@ -189,14 +243,27 @@ public final class LogWriter: @unchecked Sendable {
             }
         }
         guard logFD >= 0 else { return true }
-        if writeAll(logFD, batch.lazy.map(\.bytes)) { return true }
+        let written = batch.reduce(0) { $0 + $1.bytes.count }
+        if let torn = faults?.tornLength(.logTorn, of: written) {
+            _ = writeAll(logFD, Array(batch.lazy.flatMap(\.bytes).prefix(torn)))
+            faults?.fire()
+        }
+        if writeAll(logFD, batch.lazy.map(\.bytes)) {
+            logSize += UInt64(written)
+            faults?.at(.logWritten)
+            return true
+        }
+        noteLogSize()  // a partial write: the size is whatever the file says
         diagnostics("log file \(logPath ?? ""): write failed: \(String(cString: strerror(errno)))")
         return false
     }
 
     private func syncLog() -> Bool {
         guard logFD >= 0 else { return true }
-        if fdatasync(logFD) == 0 { return true }
+        if fdatasync(logFD) == 0 {
+            faults?.at(.logSynced)
+            return true
+        }
         diagnostics("log file \(logPath ?? ""): fdatasync failed: \(String(cString: strerror(errno)))")
         return false
     }
@@ -210,6 +277,12 @@ public final class LogWriter: @unchecked Sendable {
                 Foundation.close(logFD)
             }
             logFD = fd
+            noteLogSize()
+            // The table names the new file (and its size now) before the first line goes into it, so a
+            // crash later cuts back only what this writer added to it.
+            if let streamTable, !streamTable.commit([:], log: logIdentity, logSize: logSize, sync: true) {
+                diagnostics("stream table \(streamTable.path ?? ""): write failed: \(String(cString: strerror(errno)))")
+            }
             diagnostics("reopened log file \(logPath)")
         } catch {
             diagnostics("\(error); still writing to the previous file")

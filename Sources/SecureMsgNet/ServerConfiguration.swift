@@ -26,6 +26,17 @@ public struct ServerConfiguration: Sendable {
     public static let defaultThreads = max(1, System.coreCount / 2)
     public var threads = ServerConfiguration.defaultThreads
     public var verbose = false
+    /// The stream table's file; nil: `<log>.streams` beside the log, or in memory only without a log.
+    public var streamTablePath: String?
+    public var streamTableOptions = StreamTable.Options()
+    /// Test hook (fault injection), from SECUREMSG_TEST_CRASH.
+    public var faults: FaultInjector?
+
+    var streamTable: LogWriter.StreamTableConfiguration {
+        var table = LogWriter.StreamTableConfiguration(path: streamTablePath ?? logPath.map { $0 + ".streams" })
+        table.options = streamTableOptions
+        return table
+    }
 
     public init(key: PreSharedKey) { self.key = key }
 }

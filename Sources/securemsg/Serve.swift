@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import NIOCore
 import SecureMsgCore
 import SecureMsgNet
@@ -29,13 +30,18 @@ struct Serve: ParsableCommand {
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
     @Option(help: "Event loop threads (default: one per two cores).") var threads = ServerConfiguration.defaultThreads
     @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
+    @Option(help: ArgumentHelp("Stream table: each stream's offset in the log (default: the log's path + .streams; in memory with --no-log).", valueName: "path"))
+    var streamTable: String?
+    @Option(help: "Forget streams with no line logged for this many seconds (a client resuming one later starts over at offset 0).")
+    var forgetStreamsAfter = 604_800
+    @Option(help: "Streams kept in the table; beyond, the least recently advanced are forgotten.") var maxStreams = 1_000_000
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (1...Wire.maximumLineLength).contains(maxLineBytes) else {
             throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
         }
-        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0 else {
+        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0, forgetStreamsAfter > 0, maxStreams > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
     }
@@ -54,6 +60,10 @@ struct Serve: ParsableCommand {
             configuration.idleTimeout = .seconds(Int64(idleTimeout))
             configuration.threads = threads
             configuration.verbose = verbose
+            configuration.streamTablePath = streamTable
+            configuration.streamTableOptions.forgetAfterSeconds = UInt64(forgetStreamsAfter)
+            configuration.streamTableOptions.maximumStreams = maxStreams
+            configuration.faults = FaultInjector.fromEnvironment(ProcessInfo.processInfo.environment["SECUREMSG_TEST_CRASH"])
             let server: SecureServer
             do {
                 server = try SecureServer(configuration: configuration)

@@ -1,0 +1,54 @@
+import Foundation
+
+/// Test hook: stops the log writer at one step of one batch, to show that log and stream table agree
+/// after a crash at that instant. serve builds one only from `SECUREMSG_TEST_CRASH=STEP:N` (the N-th
+/// batch carrying stream lines, from 1), and then kills itself with SIGKILL there. Never set in use.
+public final class FaultInjector: @unchecked Sendable {  // used by the writer thread only
+    /// The instants of a batch's write, in order.
+    public enum Step: String, Sendable, CaseIterable {
+        /// Half of the batch's log bytes written (a write torn by the crash).
+        case logTorn = "log-torn"
+        case logWritten = "log-written"
+        case logSynced = "log-synced"
+        /// Half of the table group written.
+        case tableTorn = "table-torn"
+        case tableWritten = "table-written"
+        case tableSynced = "table-synced"
+    }
+
+    public let step: Step
+    public let batch: Int
+    private let action: @Sendable () -> Void
+    private var seen = 0
+
+    /// `action` runs at the step; it must not return normally in a real crash test (SIGKILL), or may
+    /// block until the test has copied the files.
+    public init(step: Step, batch: Int, action: @escaping @Sendable () -> Void) {
+        self.step = step
+        self.batch = batch
+        self.action = action
+    }
+
+    /// Parses `STEP:N` (nil when not set or malformed) with SIGKILL as the action.
+    public static func fromEnvironment(_ value: String?) -> FaultInjector? {
+        guard let value, let colon = value.firstIndex(of: ":"), let step = Step(rawValue: String(value[..<colon])),
+              let batch = Int(value[value.index(after: colon)...]), batch > 0 else { return nil }
+        return FaultInjector(step: step, batch: batch) { kill(getpid(), SIGKILL) }
+    }
+
+    /// Called at each step; runs the action at the chosen one.
+    func at(_ step: Step) {
+        if step == .logWritten { seen += 1 }  // one batch = one log write
+        guard step == self.step, seen == batch else { return }
+        action()
+    }
+
+    /// For the torn steps: how many of `total` bytes to write before the crash, or nil.
+    func tornLength(_ step: Step, of total: Int) -> Int? {
+        let batchNumber = step == .logTorn ? seen + 1 : seen
+        guard step == self.step, batchNumber == batch else { return nil }
+        return total / 2
+    }
+
+    func fire() { action() }
+}
