@@ -69,6 +69,7 @@ let package = Package(
             resources: []
         ),
         .testTarget(name: "SecureMsgCaptureTests", dependencies: ["SecureMsgCapture", "SecureMsgCore"]),
+        .testTarget(name: "SecureMsgNetTests", dependencies: ["SecureMsgNet", "SecureMsgCore"]),
         .testTarget(name: "EndToEndTests", dependencies: ["SecureMsgCore"]),
     ],
     swiftLanguageModes: [.v6]
