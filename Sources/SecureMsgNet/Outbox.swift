@@ -1,0 +1,210 @@
+import Foundation
+
+/// Lines a client has taken from its input and not yet seen acknowledged, numbered by stream offset, so
+/// that after a lost connection they can be sent again from wherever the server says it stands.
+///
+/// Two threads use it: the input reader `append`s (blocking while full: input is never dropped), the
+/// sender takes `chunk(from:)`s and reports ACKs. Kept in memory, or on disk in a `Spool` that survives
+/// the client's own crash. Only lines below `sendableOffset` are handed out: with a spool, lines are
+/// fdatasync'd (in groups, by a thread of its own) before they are sent.
+public final class Outbox: @unchecked Sendable {
+    public struct Chunk: Sendable, Equatable {
+        public var firstOffset: UInt64
+        public var lineCount: Int
+        public var bytes: [UInt8]
+        public var endOffset: UInt64 { firstOffset + UInt64(lineCount) }
+    }
+
+    /// One run of whole lines, in memory or at `location` in a spool segment.
+    struct Entry {
+        var firstOffset: UInt64
+        var lineCount: Int
+        var length: Int
+        var bytes: [UInt8]?
+        var location: (segment: UInt64, fileOffset: Int)?
+        var endOffset: UInt64 { firstOffset + UInt64(lineCount) }
+    }
+
+    private let condition = NSCondition()
+    /// Held across a whole append or rebase, so offsets are numbered in one order (one appender thread).
+    private let appendLock = NSLock()
+    private var entries: [Entry] = []
+    private var head = 0
+    private var held = 0
+    private var _firstHeld: UInt64
+    private var _nextOffset: UInt64
+    private var synced: UInt64
+    private var inputFinished = false
+    private var wakeups = 0
+    public let maximumBytes: Int
+    let spool: Spool?
+    /// Longest run handed out as one chunk (one DATA frame).
+    public static let chunkBytes = 256 << 10
+
+    /// In memory, numbering from `firstOffset`.
+    public init(maximumBytes: Int, firstOffset: UInt64 = 0) {
+        self.maximumBytes = maximumBytes
+        spool = nil
+        _firstHeld = firstOffset
+        _nextOffset = firstOffset
+        synced = firstOffset
+    }
+
+    /// On disk: what the spool holds (from an earlier run) is held again, ready to be resent.
+    public init(spool: Spool, maximumBytes: Int) {
+        self.maximumBytes = maximumBytes
+        self.spool = spool
+        let recovered = spool.recoveredEntries
+        entries = recovered
+        held = recovered.reduce(0) { $0 + $1.length }
+        _firstHeld = spool.firstHeldOffset
+        _nextOffset = spool.nextOffset
+        synced = _nextOffset
+        spool.startSyncing { [weak self] upTo in self?.markSynced(upTo) }
+    }
+
+    public var firstHeld: UInt64 { condition.withLock { _firstHeld } }
+    public var nextOffset: UInt64 { condition.withLock { _nextOffset } }
+    public var heldBytes: Int { condition.withLock { held } }
+    public var heldLines: UInt64 { condition.withLock { _nextOffset - _firstHeld } }
+    /// Input has ended and every line taken is acknowledged.
+    public var isDrained: Bool { condition.withLock { inputFinished && _firstHeld == _nextOffset } }
+    public var isInputFinished: Bool { condition.withLock { inputFinished } }
+
+    /// Takes whole lines (each ending in "\n"); blocks while the outbox is full (a lone batch larger
+    /// than the bound is still taken when the outbox is empty). Throws only on a spool write error.
+    public func append(_ lines: [UInt8], lineCount: Int) throws {
+        guard lineCount > 0 else { return }
+        condition.lock()
+        while held > 0 && held + lines.count > maximumBytes { condition.wait() }
+        condition.unlock()
+        // Not held while waiting for room: a rebase (sender thread) must never wait for an ACK.
+        appendLock.lock()
+        defer { appendLock.unlock() }
+        let first = condition.withLock { _nextOffset }
+        var entry = Entry(firstOffset: first, lineCount: lineCount, length: lines.count)
+        if let spool {
+            entry.location = try spool.append(lines, firstOffset: first)
+        } else {
+            entry.bytes = lines
+        }
+        condition.lock()
+        entries.append(entry)
+        held += lines.count
+        _nextOffset += UInt64(lineCount)
+        if spool == nil { synced = _nextOffset }
+        condition.broadcast()
+        condition.unlock()
+        spool?.requestSync(upTo: entry.endOffset)
+    }
+
+    /// End of input: once every line is acknowledged the sender may disconnect.
+    public func finishInput() {
+        condition.withLock {
+            inputFinished = true
+            condition.broadcast()
+        }
+    }
+
+    /// Wakes a sender waiting in `chunk(from:)` (its connection ended): it returns nil.
+    public func wake() {
+        condition.withLock {
+            wakeups += 1
+            condition.broadcast()
+        }
+    }
+
+    private func markSynced(_ offset: UInt64) {
+        condition.withLock {
+            if offset > synced { synced = offset }
+            condition.broadcast()
+        }
+    }
+
+    /// The lines from `offset` on (lines below it skipped; from `firstHeld` if it is lower), up to
+    /// `chunkBytes`, waiting until there are some. nil when input has finished and nothing is left past
+    /// `offset`, or when `wake()` was called during the wait.
+    public func chunk(from offset: UInt64) -> Chunk? {
+        condition.lock()
+        let wakeupsAtStart = wakeups
+        var start = max(offset, _firstHeld)
+        while start >= min(synced, _nextOffset) {
+            if (inputFinished && start >= _nextOffset) || wakeups != wakeupsAtStart {
+                condition.unlock()
+                return nil
+            }
+            condition.wait()
+            start = max(offset, _firstHeld)
+        }
+        // Entries are few and ordered: find the one holding `start`.
+        var index = head
+        while entries[index].endOffset <= start { index += 1 }
+        var picked: [Entry] = []
+        var bytes = 0
+        while index < entries.count, entries[index].firstOffset < synced,
+              picked.isEmpty || bytes + entries[index].length <= Self.chunkBytes {
+            picked.append(entries[index])
+            bytes += entries[index].length
+            index += 1
+        }
+        condition.unlock()
+        var chunk = Chunk(firstOffset: picked[0].firstOffset, lineCount: 0, bytes: [])
+        chunk.bytes.reserveCapacity(bytes)
+        for entry in picked {
+            if let data = entry.bytes {
+                chunk.bytes.append(contentsOf: data)
+            } else if let spool, let location = entry.location {
+                spool.read(location, length: entry.length, into: &chunk.bytes)
+            }
+            chunk.lineCount += entry.lineCount
+        }
+        if start > chunk.firstOffset { chunk = Self.dropLines(Int(start - chunk.firstOffset), of: chunk) }
+        return chunk
+    }
+
+    static func dropLines(_ count: Int, of chunk: Chunk) -> Chunk {
+        var cut = 0
+        for _ in 0..<count {
+            guard let newline = chunk.bytes[cut...].firstIndex(of: 0x0A) else { break }
+            cut = newline + 1
+        }
+        return Chunk(firstOffset: chunk.firstOffset + UInt64(count), lineCount: chunk.lineCount - count, bytes: Array(chunk.bytes[cut...]))
+    }
+
+    /// Every line below `offset` is durable at the server: drop what lies wholly below it.
+    public func acknowledge(upTo offset: UInt64) {
+        condition.lock()
+        let target = min(offset, _nextOffset)
+        guard target > _firstHeld else { return condition.unlock() }
+        _firstHeld = target
+        while head < entries.count, entries[head].endOffset <= target {
+            held -= entries[head].length
+            head += 1
+        }
+        if head > 1024 {
+            entries.removeFirst(head)
+            head = 0
+        }
+        condition.broadcast()
+        condition.unlock()
+        spool?.trim(firstHeld: target)
+    }
+
+    /// The server holds lines up to `offset`, beyond all we ever took (a spool lost to a crash of the
+    /// machine, or a stream reused): drop everything and number new lines from there.
+    public func rebase(to offset: UInt64) {
+        appendLock.lock()
+        defer { appendLock.unlock() }
+        condition.lock()
+        guard offset > _nextOffset else { return condition.unlock() }
+        entries.removeAll()
+        head = 0
+        held = 0
+        _firstHeld = offset
+        _nextOffset = offset
+        synced = max(synced, offset)
+        condition.broadcast()
+        condition.unlock()
+        spool?.rebase(to: offset)
+    }
+}
