@@ -64,6 +64,9 @@ public final class Session {
         public init(keyLog: Bool = false) { self.keyLog = keyLog }
     }
 
+    /// Bytes a server holds while the driver looks a key up (a conforming client sends none).
+    public static let maximumBytesBeforeServerHello = 4096
+
     public let role: Role
     public internal(set) var state: State = .awaitingHello
     let random: RandomSource
@@ -151,8 +154,10 @@ public final class Session {
     /// Server: answers `.helloReceived` with the identity's key and the stream's resume offset (the first
     /// line it does not durably hold). Forward secrecy is used iff `forwardSecrecy` and the client offered
     /// it. Throws (and queues a Refusal) if the client required forward secrecy and `forwardSecrecy` is
-    /// false, or if the client's X25519 key has low order.
-    public func accept(key: PreSharedKey, resumeOffset: UInt64, forwardSecrecy: Bool) throws(ProtocolError) {
+    /// false, or if the client's X25519 key has low order. Bytes that arrived while the driver looked the
+    /// key up are processed now: their events are returned, their failure thrown.
+    @discardableResult
+    public func accept(key: PreSharedKey, resumeOffset: UInt64, forwardSecrecy: Bool) throws(ProtocolError) -> [Event] {
         precondition(role == .server && state == .awaitingAnswer, "accept answers .helloReceived")
         let hello = parsedHello!
         if hello.info.forwardSecrecyRequired && !forwardSecrecy {
@@ -170,7 +175,6 @@ public final class Session {
                 sharedSecret = try own.sharedSecret(peerPublicKey: hello.publicKey!)
             } catch {
                 refuse(code: .malformedHello, text: "malformed hello: low-order X25519 public key")
-                state = .failed
                 throw .lowOrderPoint
             }
             publicKey = own.publicKey
@@ -190,16 +194,27 @@ public final class Session {
             resumeOffset: resumeOffset, firstOffset: resumeOffset, gap: nil,
             keyLogLine: keyLog ? sharedSecret.map { KeyLog.line(clientNonce: hello.nonce, sharedSecret: $0) } : nil)
         state = .awaitingFinished
+        var events: [Event] = []
+        do {
+            try assembler.drain(
+                unitLength: { (prefix) throws(ProtocolError) -> Int? in try self.unitLength(prefix) },
+                process: { (unit) throws(ProtocolError) -> Bool in try self.process(unit, events: &events) })
+        } catch {
+            state = .failed
+            throw error
+        }
+        return events
     }
 
     /// Server: answers `.helloReceived` for an identity it has no key for. The handshake goes on under a
     /// random key and fails as a key mismatch on both sides (this side throws `.unknownIdentity`), so a
     /// client cannot tell an unknown identity from a wrong key (docs/PROTOCOL.md §11).
-    public func acceptUnknownIdentity(forwardSecrecy: Bool = false) throws(ProtocolError) {
+    @discardableResult
+    public func acceptUnknownIdentity(forwardSecrecy: Bool = false) throws(ProtocolError) -> [Event] {
         precondition(role == .server && state == .awaitingAnswer, "acceptUnknownIdentity answers .helloReceived")
         let dummy = PreSharedKey(bytes: random.bytes(PreSharedKey.length))
         answeredUnknownIdentity = true
-        try accept(key: dummy, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
+        return try accept(key: dummy, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
     }
 
     /// Server: refuses before the handshake (at connect, or in answer to `.helloReceived`) with an
@@ -233,14 +248,16 @@ public final class Session {
         default: break
         }
         var events: [Event] = []
-        do {
+        do throws(ProtocolError) {
             try assembler.feed(
                 bytes,
                 unitLength: { (prefix) throws(ProtocolError) -> Int? in try self.unitLength(prefix) },
-                process: { (unit) throws(ProtocolError) -> Bool in
-                    try self.process(unit, events: &events)
-                    return true
-                })
+                process: { (unit) throws(ProtocolError) -> Bool in try self.process(unit, events: &events) })
+            // A client sends nothing before it has the ServerHello; a little is held (it fails as a
+            // ClientFinished once the driver answers), a flood is refused while the key lookup runs.
+            if state == .awaitingAnswer, assembler.pendingCount > Self.maximumBytesBeforeServerHello {
+                throw .protocolViolation("the client sent bytes before the ServerHello")
+            }
         } catch {
             if state != .refused { state = .failed }
             throw error
@@ -279,11 +296,7 @@ public final class Session {
             let options = clientOptions!
             return try HelloCodec.serverMessageLength(
                 prefix, offered: options.forwardSecrecy != .off, required: options.forwardSecrecy == .required)
-        case (.awaitingAnswer, _):
-            // A client cannot send anything before it has the ServerHello; buffering it would let a
-            // client make the server hold unbounded bytes while a key lookup runs.
-            throw .protocolViolation("the client sent bytes before the ServerHello")
-        case (.awaitingFinished, _):
+        case (.awaitingAnswer, _), (.awaitingFinished, _):
             return Wire.clientFinishedLength
         default:
             return try frameUnitLength(prefix)
@@ -302,8 +315,11 @@ public final class Session {
         }
     }
 
-    private func process(_ unit: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
+    /// Returns false to hold `unit` and what follows until the driver answers the hello.
+    private func process(_ unit: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) -> Bool {
         switch (state, role) {
+        case (.awaitingAnswer, _):
+            return false
         case (.awaitingHello, .server):
             let hello: HelloCodec.ClientHello
             do {
@@ -328,6 +344,7 @@ public final class Session {
         default:
             try processFrame(unit, events: &events)
         }
+        return true
     }
 
     // The server keeps ClientHello ‖ ServerHello in `clientHello` after `accept`.
