@@ -128,11 +128,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private func answer(_ hello: ClientHelloInfo) {
         let forwardSecrecy = shared.configuration.forwardSecrecy
         do {
-            if hello.identity.isEmpty {
-                try session.accept(key: shared.configuration.key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
-            } else {
-                try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
-            }
+            // Bytes that followed the hello in the same read are processed by the answer.
+            let events = hello.identity.isEmpty
+                ? try session.accept(key: shared.configuration.key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
+                : try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
+            for event in events where !ended && !stopTakingFrames { handle(event) }
         } catch .forwardSecrecyRequired {
             flushOutbound()
             fail("refused: the client requires forward secrecy (serve runs without --forward-secrecy)")
@@ -209,10 +209,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged.
     private func finishDisconnectIfReady() {
         guard let (code, reason, isError) = disconnectPending, framesAtWriter == 0, !ended else { return }
-        let answering = session.state == .disconnectReceived
         session.disconnect(code: code, reason: reason)
         flushOutbound()
-        if answering {
+        if code == .normal {
             end("session ended", isError: false)
         } else if isError {
             end(reason, isError: true)
