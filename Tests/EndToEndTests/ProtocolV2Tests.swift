@@ -37,6 +37,7 @@ import Testing
         #expect(refused.stderr == "securemsg send: server refused (unauthenticated): too many connections (code 2)\n", "\(refused.stderr)")
         #expect(server.waitForStderr { $0.contains("refused: connection limit (1) reached") })
         try holder.disconnect()
+        holder.socket.close()
         #expect(server.waitForStderr { $0.contains("\(holder.peer) #1: session ended") })
         usleep(300_000)  // the slot is free once serve has closed its end too
         #expect(try server.send(Data("after\n".utf8)).status == 0)
