@@ -7,7 +7,7 @@ import SecureMsgCore
 //
 //   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
-//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY   connect, handshake, one line + disconnect (as `send` does), wait for ACK and DISCONNECT
+//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
 
 let arguments = CommandLine.arguments
@@ -74,6 +74,7 @@ do {
     case "handshakes":
         let key = try loadKey(arguments[2])
         let (port, seconds, concurrency) = (Int(arguments[3])!, Double(arguments[4])!, Int(arguments[5])!)
+        let forwardSecrecy = arguments.count > 6 && arguments[6] == "fs"
         let line = Array("handshake\n".utf8)
         let deadline = now() + seconds
         let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: concurrency)
@@ -85,7 +86,7 @@ do {
         DispatchQueue.concurrentPerform(iterations: concurrency) { i in
             while now() < deadline {
                 do {
-                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key)
+                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key, forwardSecrecy: forwardSecrecy)
                     try client.sendLineAndDisconnect(line)
                     c[i] += 1
                 } catch {
@@ -115,10 +116,12 @@ do {
         // Both ends of a handshake in one process, no sockets: the protocol's own CPU cost.
         let key = PreSharedKey(bytes: Array(repeating: 7, count: 32))
         let count = Int(arguments[2]) ?? 10_000
+        let forwardSecrecy = arguments.count > 3 && arguments[3] == "fs"
         let started = now()
         for _ in 0..<count {
-            let client = Session(role: .client, key: key), server = Session(role: .server, key: key)
+            let client = Session(client: .init(key: key, forwardSecrecy: forwardSecrecy ? .required : .off)), server = Session(server: .init())
             _ = try server.receive(client.takeOutbound())
+            try server.accept(key: key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
             _ = try client.receive(server.takeOutbound())
             _ = try server.receive(client.takeOutbound())
         }

@@ -57,7 +57,7 @@ enum VectorCases {
     struct Case {
         var name: String
         var expect: String
-        var role: Session.Role
+        var role: SessionV1.Role
         var key = VectorCases.key
         var data: [[UInt8]] = []
         var comment: [String]
@@ -90,7 +90,7 @@ enum VectorCases {
 
     /// Frames sealed directly with a session's keys, for peers that break the rules with a valid key.
     static func forge(_ direction: Direction, clientHello: [UInt8], serverHello: [UInt8], _ frames: [(FrameType, [UInt8])]) -> [[UInt8]] {
-        let keys = SessionKeys(preSharedKey: key, clientNonce: Array(clientHello[5..<37]), serverNonce: Array(serverHello[5..<37]))
+        let keys = SessionKeys(version: 1, preSharedKey: key, clientNonce: Array(clientHello[5..<37]), serverNonce: Array(serverHello[5..<37]))
         let sealer = FrameSealer(
             encryptionKey: keys.encryptionKey(direction), authenticationKey: keys.authenticationKey(direction),
             random: ScriptedRandom(forgerSource))
@@ -189,7 +189,7 @@ enum VectorCases {
         let clientHello = records[0].bytes, serverHello = records[1].bytes
         let clientNonce = Array(clientHello[5..<37]), serverNonce = Array(serverHello[5..<37])
         var okm = try! HKDF.deriveKey(
-            inputKeyMaterial: key.bytes, salt: clientNonce + serverNonce, info: Wire.keyScheduleInfo, outputLength: 192)
+            inputKeyMaterial: key.bytes, salt: clientNonce + serverNonce, info: Wire.V1.keyScheduleInfo, outputLength: 192)
         let names = ["c2s_enc_key", "c2s_mac_key", "s2c_enc_key", "s2c_mac_key", "client_confirm_key", "server_confirm_key"]
 
         // Plaintexts for the annotations, read back with an Observer.
@@ -198,7 +198,7 @@ enum VectorCases {
             .comment("Informational values (docs/PROTOCOL.md, \"Key schedule\"); the records below are normative."),
             .comment("client_nonce = \(Hex.encode(clientNonce))"),
             .comment("server_nonce = \(Hex.encode(serverNonce))"),
-            .comment("salt = client_nonce || server_nonce; info = \(escaped(Wire.keyScheduleInfo)); L = 192"),
+            .comment("salt = client_nonce || server_nonce; info = \(escaped(Wire.V1.keyScheduleInfo)); L = 192"),
             .comment("okm = \(Hex.encode(okm))"),
         ]
         for (i, name) in names.enumerated() {

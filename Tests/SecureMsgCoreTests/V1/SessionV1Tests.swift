@@ -2,8 +2,8 @@ import Testing
 @testable import SecureMsgCore
 
 /// Moves bytes between a client and a server session until neither has anything to say.
-func pump(_ client: Session, _ server: Session) throws -> (client: [Session.Event], server: [Session.Event]) {
-    var clientEvents: [Session.Event] = [], serverEvents: [Session.Event] = []
+func pump(_ client: SessionV1, _ server: SessionV1) throws -> (client: [SessionV1.Event], server: [SessionV1.Event]) {
+    var clientEvents: [SessionV1.Event] = [], serverEvents: [SessionV1.Event] = []
     while client.hasOutbound || server.hasOutbound {
         if client.hasOutbound { serverEvents += try server.receive(client.takeOutbound()) }
         if server.hasOutbound { clientEvents += try client.receive(server.takeOutbound()) }
@@ -15,8 +15,8 @@ let testKey = PreSharedKey(bytes: Array(0..<32))
 
 @Suite struct SessionTests {
     @Test func handshakeDataAckDisconnect() throws {
-        let client = Session(role: .client, key: testKey)
-        let server = Session(role: .server, key: testKey)
+        let client = SessionV1(role: .client, key: testKey)
+        let server = SessionV1(role: .server, key: testKey)
         var (c, s) = try pump(client, server)
         #expect(c == [.handshakeCompleted])
         #expect(s == [.handshakeCompleted])
@@ -39,8 +39,8 @@ let testKey = PreSharedKey(bytes: Array(0..<32))
     }
 
     @Test func wrongKeyIsKeyMismatchOnBothSides() throws {
-        let client = Session(role: .client, key: testKey)
-        let server = Session(role: .server, key: PreSharedKey(bytes: Array(repeating: 7, count: 32)))
+        let client = SessionV1(role: .client, key: testKey)
+        let server = SessionV1(role: .server, key: PreSharedKey(bytes: Array(repeating: 7, count: 32)))
         _ = try server.receive(client.takeOutbound())
         #expect(throws: ProtocolError.keyMismatch) { try client.receive(server.takeOutbound()) }
         #expect(client.hasOutbound)  // ClientFinished still goes out

@@ -224,7 +224,7 @@ enum ProtocolFixtures {
 /// - client: once the handshake completes, send each `data` plaintext as one DATA frame, then DISCONNECT
 ///   with `reason`; answer a DISCONNECT from the server with DISCONNECT ("").
 final class PolicyDriver {
-    let session: Session
+    let session: SessionV1
     let data: [[UInt8]]
     let reason: String
     private(set) var output: [UInt8] = []
@@ -233,8 +233,8 @@ final class PolicyDriver {
     /// Server: the delivered DATA plaintexts, concatenated.
     private(set) var deliveredBytes: [UInt8] = []
 
-    init(role: Session.Role, key: PreSharedKey, random: RandomSource, data: [[UInt8]] = [], reason: String = "") {
-        session = Session(role: role, key: key, random: random)
+    init(role: SessionV1.Role, key: PreSharedKey, random: RandomSource, data: [[UInt8]] = [], reason: String = "") {
+        session = SessionV1(role: role, key: key, random: random)
         self.data = data
         self.reason = reason
         output += session.takeOutbound()
@@ -247,7 +247,7 @@ final class PolicyDriver {
     }
 
     func feed(_ bytes: [UInt8]) throws(ProtocolError) {
-        let events: [Session.Event]
+        let events: [SessionV1.Event]
         do {
             events = try session.receive(bytes)
         } catch {
@@ -262,7 +262,7 @@ final class PolicyDriver {
         try session.receiveEndOfStream()
     }
 
-    private func handle(_ event: Session.Event) {
+    private func handle(_ event: SessionV1.Event) {
         switch (event, session.role) {
         case (.handshakeCompleted, .client):
             for plaintext in data {
@@ -297,12 +297,12 @@ struct VectorRun {
     var deliveredLines: Int
     var deliveredBytes: [UInt8]
     var randomLeft: Int
-    var finalState: Session.State
+    var finalState: SessionV1.State
     /// Messages for every point where the output before a peer run differed from the own records before it.
     var interleavingProblems: [String]
 
     /// Runs `role` (client or server) of `vector` against its peer records.
-    init(_ vector: ProtocolVector, as role: Session.Role, mode: Mode) {
+    init(_ vector: ProtocolVector, as role: SessionV1.Role, mode: Mode) {
         let random = ScriptedRandom((role == .client ? vector.clientRandom : vector.serverRandom) ?? [])
         let driver = PolicyDriver(
             role: role, key: PreSharedKey(bytes: vector.key), random: random, data: vector.data, reason: vector.reason)
@@ -364,8 +364,8 @@ struct UnitSplitter {
     private var fixed: [Int]
     private var pending: [UInt8] = []
 
-    static func client() -> UnitSplitter { UnitSplitter(fixed: [Wire.clientHelloLength, Wire.clientFinishedLength]) }
-    static func server() -> UnitSplitter { UnitSplitter(fixed: [Wire.serverHelloLength]) }
+    static func client() -> UnitSplitter { UnitSplitter(fixed: [Wire.V1.clientHelloLength, Wire.V1.clientFinishedLength]) }
+    static func server() -> UnitSplitter { UnitSplitter(fixed: [Wire.V1.serverHelloLength]) }
 
     private init(fixed: [Int]) {
         self.fixed = fixed

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import SecureMsgCore
 
-/// Runs every file of fixtures/protocol/ (see its README.md) against `Session`, all at once and byte by byte.
+/// Runs every file of fixtures/protocol/ (see its README.md) against `SessionV1`, all at once and byte by byte.
 @Suite struct ProtocolVectorTests {
     /// Update when a vector file is added or removed; an empty or half-checked-out directory fails here.
     static let expectedFileCount = 24
@@ -20,7 +20,7 @@ import Testing
     @Test(arguments: ProtocolFixtures.names())
     func vector(_ name: String) throws {
         let vector = try ProtocolFixtures.load(name)
-        let roles: [Session.Role] = switch vector.role {
+        let roles: [SessionV1.Role] = switch vector.role {
         case .both: [.client, .server]
         case .client: [.client]
         case .server: [.server]
@@ -137,9 +137,9 @@ import Testing
 
     // MARK: Rules the policy-driven vectors cannot reach
 
-    static func establishedPair() throws -> (client: Session, server: Session) {
-        let client = Session(role: .client, key: testKey)
-        let server = Session(role: .server, key: testKey)
+    static func establishedPair() throws -> (client: SessionV1, server: SessionV1) {
+        let client = SessionV1(role: .client, key: testKey)
+        let server = SessionV1(role: .server, key: testKey)
         _ = try server.receive(client.takeOutbound())
         _ = try client.receive(server.takeOutbound())
         _ = try server.receive(client.takeOutbound())
@@ -185,17 +185,17 @@ import Testing
     @Test func plaintextOverTheLimitIsRejected() throws {
         // A key holder can fit up to 15 bytes more than 1 MiB into the largest legal ciphertext.
         let clientNonce = [UInt8](repeating: 1, count: 32)
-        let client = Session(role: .client, key: testKey, random: ScriptedRandom(clientNonce))
-        let server = Session(role: .server, key: testKey, random: ScriptedRandom([UInt8](repeating: 2, count: 32)))
+        let client = SessionV1(role: .client, key: testKey, random: ScriptedRandom(clientNonce))
+        let server = SessionV1(role: .server, key: testKey, random: ScriptedRandom([UInt8](repeating: 2, count: 32)))
         _ = try server.receive(client.takeOutbound())
         let serverHello = server.takeOutbound()
         _ = try client.receive(serverHello)
         _ = try server.receive(client.takeOutbound())
-        let keys = SessionKeys(preSharedKey: testKey, clientNonce: clientNonce, serverNonce: Array(serverHello[5..<37]))
+        let keys = SessionKeys(version: 1, preSharedKey: testKey, clientNonce: clientNonce, serverNonce: Array(serverHello[5..<37]))
         let cipher = AES256CBC(key: keys.clientToServerEncryption, mode: .encrypt)
-        let plaintext = [UInt8](repeating: 0x41, count: Wire.maximumPlaintextLength + 15 - 1) + [0x0A]
+        let plaintext = [UInt8](repeating: 0x41, count: Wire.V1.maximumPlaintextLength + 15 - 1) + [0x0A]
         let iv = [UInt8](repeating: 3, count: 16)
-        var ciphertext = [UInt8](repeating: 0, count: Wire.maximumPlaintextLength + 16)
+        var ciphertext = [UInt8](repeating: 0, count: Wire.V1.maximumPlaintextLength + 16)
         let n = iv.withUnsafeBytes { i in plaintext.withUnsafeBytes { p in ciphertext.withUnsafeMutableBytes { cipher.encrypt(iv: i, plaintext: p, into: $0) } } }
         #expect(n == ciphertext.count)
         let length = UInt32(1 + 16 + n + 32)
@@ -207,8 +207,8 @@ import Testing
 
     @Test func maximumFrameLengthIsAsDocumented() {
         // docs/PROTOCOL.md states the number.
-        #expect(Wire.maximumFrameLength == 1_048_641)
+        #expect(Wire.maximumFrameLength == 1_048_641, "v2 keeps the v1 frame limit")
         #expect(Wire.minimumFrameLength == 65)
-        #expect(FrameSealer.sealedLength(plaintextLength: Wire.maximumPlaintextLength) == 4 + 1_048_641)
+        #expect(FrameSealer.sealedLength(plaintextLength: Wire.V1.maximumPlaintextLength) == 4 + 1_048_641)
     }
 }
