@@ -8,7 +8,8 @@ import Darwin
 ///
 /// - a line ends at "\n"; one "\r" before it is dropped, so CRLF files send the same lines as LF files;
 /// - a final line without "\n" is still a line (`finish()`);
-/// - a line that is exactly `!DISCONNECT` ends the session: it is not sent, and input after it is ignored;
+/// - for repl (`recognizesDisconnectCommand`), a line that is exactly `!DISCONNECT` ends the session: it is
+///   not sent, and input after it is ignored; for send it is a line like any other;
 /// - lines at hand together are packed into one plaintext of up to `targetBatchBytes` (a longer line
 ///   travels alone), which is what lets small lines move at memory speed;
 /// - a line over `Wire.maximumLineLength` bytes is an error, detected before it is buffered whole.
@@ -38,8 +39,13 @@ public struct LineBatcher {
     private var current: [UInt8] = []
     private var currentLines = 0
 
-    public init(targetBatchBytes: Int = 256 << 10) {
+    /// Whether a line that is exactly `!DISCONNECT` ends the input (repl, the original design's command).
+    /// `send` passes false: it is byte-transparent, every line is data, and end of input is the disconnect.
+    public let recognizesDisconnectCommand: Bool
+
+    public init(targetBatchBytes: Int = 256 << 10, recognizesDisconnectCommand: Bool = true) {
         self.targetBatchBytes = min(targetBatchBytes, Wire.maximumLinesLength)
+        self.recognizesDisconnectCommand = recognizesDisconnectCommand
     }
 
     /// Takes a chunk of input and returns the batches it completes (all complete lines at hand).
@@ -52,7 +58,7 @@ public struct LineBatcher {
         // (no CR, no !DISCONNECT) — the common case, and the one that decides throughput.
         if partial.isEmpty, let last = lastNewline(chunk), last + 1 <= targetBatchBytes {
             let run = UnsafeRawBufferPointer(rebasing: chunk[...last])
-            if !contains(run, byte: 0x0D) && !contains(run, bytes: Self.disconnectCommand) {
+            if !contains(run, byte: 0x0D) && (!recognizesDisconnectCommand || !contains(run, bytes: Self.disconnectCommand)) {
                 let lines = countLines(run)
                 if !current.isEmpty && current.count + run.count > targetBatchBytes {
                     batches.append(Batch(bytes: current, lineCount: currentLines))
@@ -106,7 +112,7 @@ public struct LineBatcher {
         var line = rawLine
         if let last = line.last, last == 0x0D { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
         guard line.count <= Wire.maximumLineLength else { throw .lineTooLong(lineNumber: linesRead + 1) }
-        if line.count == Self.disconnectCommand.count && line.elementsEqual(Self.disconnectCommand) {
+        if recognizesDisconnectCommand && line.count == Self.disconnectCommand.count && line.elementsEqual(Self.disconnectCommand) {
             disconnectRequested = true
             return
         }

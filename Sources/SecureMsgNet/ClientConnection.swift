@@ -22,6 +22,8 @@ public struct ClientOptions: Sendable {
     public var heartbeat = Heartbeat.Configuration()
     /// The stream this session's lines belong to: fresh per run until clients keep a spool.
     public var streamID = StreamID.random()
+    /// The offset of the first line the client holds (a resumed stream: the oldest unacknowledged one).
+    public var firstLineOffset: UInt64 = 0
 
     public init(key: PreSharedKey) { self.key = key }
 }
@@ -72,7 +74,12 @@ public final class ClientConnection: @unchecked Sendable {
     private var handler: ClientSessionHandler!  // its event-loop methods are called on its loop only
     private let ownedGroup: MultiThreadedEventLoopGroup?
     private let onAcknowledged: AcknowledgementHandler?
+    private let onDurable: (@Sendable (UInt64) -> Void)?
     private let onTerminated: TerminationHandler?
+    private var _handshake: HandshakeInfo?
+
+    /// The completed handshake: the server's resume offset, where this session's numbering starts, any gap.
+    public var handshake: HandshakeInfo? { condition.withLock { _handshake } }
 
     public var acknowledgedLines: Int { condition.withLock { _acknowledgedLines } }
     public var sentLines: Int { condition.withLock { _sentLines } }
@@ -80,10 +87,11 @@ public final class ClientConnection: @unchecked Sendable {
     /// Connects and completes the handshake, or throws (refused, timeout, key mismatch, not a server).
     public init(
         options: ClientOptions, group: EventLoopGroup? = nil, onAcknowledged: AcknowledgementHandler? = nil,
-        onTerminated: TerminationHandler? = nil
+        onDurable: (@Sendable (_ durableOffset: UInt64) -> Void)? = nil, onTerminated: TerminationHandler? = nil
     ) throws(ClientFailure) {
         self.options = options
         self.onAcknowledged = onAcknowledged
+        self.onDurable = onDurable
         self.onTerminated = onTerminated
         let ownedGroup = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         self.ownedGroup = ownedGroup
@@ -148,16 +156,25 @@ public final class ClientConnection: @unchecked Sendable {
         handler.sendFromAnyThread(lines, lineCount: lineCount, channel: channel)
     }
 
-    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged.
-    public func finish() throws(ClientFailure) {
+    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged. Gives up
+    /// after `timeout` seconds (the server or the network may be gone without a word).
+    public func finish(timeout: Double? = nil) throws(ClientFailure) {
         let handler = self.handler!
         channel.eventLoop.execute { handler.disconnect() }
+        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) } ?? .distantFuture
         condition.lock()
-        while !terminated { condition.wait() }
-        let failure = self.failure
+        while !terminated {
+            if !condition.wait(until: deadline) { break }
+        }
+        let failure = terminated ? self.failure : .timeout("no answer to our DISCONNECT within \(timeout.map { "\($0)" } ?? "") s")
         condition.unlock()
         channel.close(promise: nil)
         if let failure { throw failure }
+    }
+
+    /// Closes the connection at once (no DISCONNECT): for a client that must stop now.
+    public func abort() {
+        channel.close(promise: nil)
     }
 
     /// Blocks until the session ends (for the repl's waiting states); returns its failure, if any.
@@ -172,14 +189,16 @@ public final class ClientConnection: @unchecked Sendable {
 
     // MARK: Called by the handler on the event loop
 
-    func handshakeCompleted() {
+    func handshakeCompleted(_ info: HandshakeInfo?) {
         condition.withLock {
             handshakeDone = true
+            _handshake = info
             condition.broadcast()
         }
     }
 
-    func acknowledged(lines: Int, bytes: Int) {
+    func acknowledged(lines: Int, bytes: Int, durableOffset: UInt64) {
+        onDurable?(durableOffset)  // first: the outbox drops the lines before anyone counts them
         let total: Int = condition.withLock {
             _acknowledgedLines += lines
             bytesInFlight -= bytes
@@ -242,7 +261,8 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private let heartbeatConfiguration: Heartbeat.Configuration
 
     init(options: ClientOptions) {
-        session = Session(client: .init(key: options.key, streamID: options.streamID, forwardSecrecy: options.forwardSecrecy))
+        session = Session(client: .init(key: options.key, streamID: options.streamID, forwardSecrecy: options.forwardSecrecy,
+                                        firstLineOffset: options.firstLineOffset))
         acknowledgementTimeout = options.acknowledgementTimeout
         heartbeatConfiguration = options.heartbeat
     }
@@ -251,7 +271,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// first); what happened by then is replayed here.
     func attach(_ connection: ClientConnection) {
         self.connection = connection
-        if handshakeCompleted { connection.handshakeCompleted() }
+        if handshakeCompleted { connection.handshakeCompleted(handshakeInfo) }
         if let earlyTermination {
             connection.terminate(earlyTermination.failure)
             return
@@ -262,6 +282,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private var handshakeCompleted = false
+    private var handshakeInfo: HandshakeInfo?
     private var earlyTermination: (failure: ClientFailure?, Void)?
 
     private func terminate(_ failure: ClientFailure?) {
@@ -296,9 +317,10 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private func handle(_ event: Session.Event, context: ChannelHandlerContext) {
         switch event {
-        case .handshakeCompleted:
+        case .handshakeCompleted(let info):
             handshakeCompleted = true
-            connection?.handshakeCompleted()
+            handshakeInfo = info
+            connection?.handshakeCompleted(info)
             startWatchdog(context)
             startHeartbeat(context)
             if wantDisconnect { disconnect() }
@@ -317,7 +339,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
                 }
                 return bytes
             }
-            connection?.acknowledged(lines: lines, bytes: bytes)
+            connection?.acknowledged(lines: lines, bytes: bytes, durableOffset: durableOffset)
         case .peerDisconnected(let code, let reason):
             // The server is ending the session (shutdown, idle timeout): answer, then report.
             let unacknowledged = lock.withLock {

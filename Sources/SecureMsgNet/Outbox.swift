@@ -106,6 +106,10 @@ public final class Outbox: @unchecked Sendable {
         }
     }
 
+    /// Taken before checking whether to wait: `chunk(from:unlessWokenSince:)` then returns nil at once if
+    /// `wake()` came in between (no wake-up is lost).
+    public var wakeToken: Int { condition.withLock { wakeups } }
+
     /// Wakes a sender waiting in `chunk(from:)` (its connection ended): it returns nil.
     public func wake() {
         condition.withLock {
@@ -124,9 +128,9 @@ public final class Outbox: @unchecked Sendable {
     /// The lines from `offset` on (lines below it skipped; from `firstHeld` if it is lower), up to
     /// `chunkBytes`, waiting until there are some. nil when input has finished and nothing is left past
     /// `offset`, or when `wake()` was called during the wait.
-    public func chunk(from offset: UInt64) -> Chunk? {
+    public func chunk(from offset: UInt64, unlessWokenSince token: Int? = nil) -> Chunk? {
         condition.lock()
-        let wakeupsAtStart = wakeups
+        let wakeupsAtStart = token ?? wakeups
         var start = max(offset, _firstHeld)
         while start >= min(synced, _nextOffset) {
             if (inputFinished && start >= _nextOffset) || wakeups != wakeupsAtStart {

@@ -12,6 +12,7 @@ final class ServerShared: Sendable {
     let registry = ConnectionRegistry()
     let clock = WallClock()
     let keyLog: KeyLogFile?
+    let streams = StreamOwners()
 
     init(configuration: ServerConfiguration, writer: LogWriter, keyLog: KeyLogFile?) {
         self.configuration = configuration

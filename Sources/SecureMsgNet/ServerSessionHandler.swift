@@ -34,6 +34,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// client's FIN or this timer, whichever comes first.
     private var lingerTimer: Scheduled<Void>?
     private var inputClosed = false
+    /// This session's stream: ownership, frames held back during a takeover, duplicates dropped.
+    private var stream = StreamSlot()
 
     init(shared: ServerShared, sessionID: UInt64, refusal: (code: RefusalCode, text: String, log: String)? = nil) {
         self.shared = shared
@@ -98,6 +100,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         case .helloReceived(let hello):
             answer(hello)
         case .handshakeCompleted(let info):
+            claimStream(StreamKey(identity: info.identity, id: info.streamID.bytes))
             handshakeTimer?.cancel()
             handshakeTimer = nil
             lastFrameAt = .now()
@@ -113,7 +116,12 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             }
         case .data(let delivery):
             lastFrameAt = .now()
-            submit(delivery)
+            stream.duplicates += delivery.duplicates
+            if let gap = delivery.gap {
+                shared.writer.submitDiagnostic(
+                    "securemsg serve: \(peer) #\(sessionID): gap: lines \(gap.lowerBound)..<\(gap.upperBound) of stream \(session.handshake!.streamID) never arrived (the client no longer held them)")
+            }
+            take(delivery.lines, firstOffset: delivery.firstOffset, lineCount: delivery.lineCount)
         case .peerDisconnected:
             disconnectPending = disconnectPending ?? (.normal, "", false)
             finishDisconnectIfReady()
@@ -124,13 +132,15 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     /// The key lookup: today one key, for the empty identity. Any other identity is answered as an unknown
     /// one (the handshake fails as a key mismatch on both sides: no identity-enumeration oracle). The resume
-    /// offset is always 0 until serve keeps a durable stream table.
+    /// offset is the stream table's (a session still holding the stream may log more before this one
+    /// takes frames: those lines are dropped then, see `StreamOwners`).
     private func answer(_ hello: ClientHelloInfo) {
         let forwardSecrecy = shared.configuration.forwardSecrecy
+        let resumeOffset = shared.writer.streamTable?.offset(for: StreamKey(identity: hello.identity, id: hello.streamID.bytes)) ?? 0
         do {
             // Bytes that followed the hello in the same read are processed by the answer.
             let events = hello.identity.isEmpty
-                ? try session.accept(key: shared.configuration.key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
+                ? try session.accept(key: shared.configuration.key, resumeOffset: resumeOffset, forwardSecrecy: forwardSecrecy)
                 : try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
             for event in events where !ended && !stopTakingFrames { handle(event) }
         } catch .forwardSecrecyRequired {
@@ -142,13 +152,87 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func submit(_ delivery: DataDelivery) {
-        if let gap = delivery.gap {
-            shared.writer.submitDiagnostic(
-                "securemsg serve: \(peer) #\(sessionID): gap: lines \(gap.lowerBound)..<\(gap.upperBound) of stream \(session.handshake!.streamID) never arrived (the client no longer held them)")
+    // MARK: The stream
+
+    /// After the handshake (authenticated): take the stream, or wait for its previous session to end.
+    private func claimStream(_ key: StreamKey) {
+        stream.key = key
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let owned = shared.streams.claim(
+            key, session: sessionID,
+            evict: { bound.eventLoop.execute { bound.value.streamTakenOver() } },
+            ready: { bound.eventLoop.execute { bound.value.streamReady() } })
+        if owned {
+            stream.phase = .owner
+        } else {
+            stream.phase = .waiting
+            readSuppressed = true
         }
-        guard delivery.lineCount > 0 else { return }  // only duplicates: nothing new to log or acknowledge
-        let lines = delivery.lines
+    }
+
+    /// The previous session of the stream has ended and its lines are counted: frames held back go now,
+    /// those lines below the table's offset dropped as already logged.
+    private func streamReady() {
+        guard stream.phase == .waiting, let key = stream.key else { return }
+        stream.phase = .owner
+        stream.floor = shared.writer.streamTable?.offset(for: key) ?? 0
+        if ended {
+            releaseStreamIfDone()
+            return
+        }
+        let held = stream.heldBack
+        stream.heldBack = []
+        for frame in held where !ended && !stopTakingFrames { take(frame.lines, firstOffset: frame.firstOffset, lineCount: frame.lineCount) }
+        flushOutbound()
+        if readSuppressed && disconnectPending == nil && unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection / 2 {
+            readSuppressed = false
+            context.read()
+        }
+    }
+
+    /// A newer session of the same client took the stream over (this connection is presumably dead):
+    /// ACK what is logged and end.
+    private func streamTakenOver() {
+        guard !ended else { return }
+        stopTakingFrames = true
+        readSuppressed = true
+        stream.heldBack = []
+        disconnectPending = disconnectPending ?? (.normal, "stream resumed on a new connection", false)
+        finishDisconnectIfReady()
+    }
+
+    /// Once ended with nothing left at the writer, the stream is free for the next session.
+    private func releaseStreamIfDone() {
+        guard ended, framesAtWriter == 0, let key = stream.key, stream.phase != .released, stream.phase != .none else { return }
+        stream.phase = .released
+        shared.streams.release(key, session: sessionID)
+    }
+
+    /// A frame's new lines: held back while the stream is not ours yet, cut at the floor, then logged.
+    private func take(_ lines: ArraySlice<UInt8>, firstOffset: UInt64, lineCount: Int) {
+        if stream.phase == .waiting {
+            stream.heldBack.append((firstOffset, lines, lineCount))
+            return
+        }
+        let cut = StreamSlot.cut(lines, firstOffset: firstOffset, lineCount: lineCount, below: stream.floor)
+        stream.duplicates += cut.dropped
+        let remaining = lineCount - cut.dropped
+        if remaining == 0 {
+            guard cut.dropped > 0 else { return }  // only the core's duplicates: nothing new to log or acknowledge
+            // Every line of it is logged already (by the previous session): acknowledge it, in order
+            // behind any frame still at the writer.
+            framesAtWriter += 1
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let durableUpTo = firstOffset + UInt64(lineCount)
+            shared.writer.submit([]) { ok in
+                bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: 0, ok: ok) }
+            }
+            return
+        }
+        submit(cut.lines, firstOffset: cut.firstOffset)
+    }
+
+    private func submit(_ lines: ArraySlice<UInt8>, firstOffset: UInt64) {
         let (lineCount, longest) = lines.withUnsafeBytes(lineStatistics)
         guard longest <= shared.configuration.maxLineLength else {
             // Every good frame before this one is acknowledged first, then DISCONNECT "line too long".
@@ -170,8 +254,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         framesAtWriter += 1
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let size = lines.count
-        let durableUpTo = delivery.firstOffset + UInt64(lineCount)
-        shared.writer.submit(output) { ok in
+        let durableUpTo = firstOffset + UInt64(lineCount)
+        shared.writer.submit(output, stream: stream.key.map { ($0, durableUpTo) }) { ok in
             bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: size, ok: ok) }
         }
     }
@@ -180,7 +264,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private func logged(durableUpTo: UInt64, size: Int, ok: Bool) {
         framesAtWriter -= 1
         unloggedBytes -= size
-        guard !ended else { return }
+        guard !ended else { return releaseStreamIfDone() }
         guard ok else {
             // What was logged before is acknowledged already; this frame and any after it are not.
             logWriteFailed = true
@@ -380,8 +464,12 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         handshakeTimer?.cancel()
         idleTimer?.cancel()
         heartbeatTimer?.cancel()
+        releaseStreamIfDone()
         if numbered {
-            let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
+            var lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
+            if shared.configuration.verbose && stream.duplicates > 0 {
+                lines += ", \(stream.duplicates) duplicate\(stream.duplicates == 1 ? "" : "s") dropped"
+            }
             shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
         } else {
             shared.writer.submitDiagnostic("securemsg serve: \(peer): \(what)")

@@ -45,6 +45,17 @@ private func batchedLines(_ input: [UInt8], chunkSizes: [Int], target: Int = 256
         #expect(noNewline == [Array("a".utf8), Array("last".utf8)])
     }
 
+    /// send's batcher is byte-transparent: `!DISCONNECT` is a line like any other, in the fast path and the slow.
+    @Test func disconnectIsDataWhenNotACommand() throws {
+        for input in ["a\n!DISCONNECT\nb\n", "a\r\n!DISCONNECT\r\nb\n"] {
+            var batcher = LineBatcher(recognizesDisconnectCommand: false)
+            var bytes: [UInt8] = []
+            for batch in try Array(input.utf8).withUnsafeBytes({ try batcher.feed($0) }) + (try batcher.finish()) { bytes += batch.bytes }
+            #expect(bytes == Array("a\n!DISCONNECT\nb\n".utf8))
+            #expect(!batcher.disconnectRequested)
+        }
+    }
+
     @Test func disconnectOnlyWhenTheWholeLine() throws {
         let input = Array("x!DISCONNECT\n!DISCONNECTx\n !DISCONNECT\nend\n".utf8)
         let (lines, _) = try batchedLines(input, chunkSizes: [1 << 20])
