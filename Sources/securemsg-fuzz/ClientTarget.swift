@@ -49,10 +49,10 @@ final class ClientHarness {
 
     init(seed: UInt64, script: [UInt8], param: UInt8, disconnectAfter: Bool, helped: Bool) {
         forwardSecrecy = helped ? .off : [.off, .offered, .required, .required][Int(param >> 3 & 3)]
-        firstLine = param & 0x40 != 0 ? 2 : 0
+        firstLine = !helped && param & 0x40 != 0 ? 2 : 0
         let identity = param & 0x20 != 0 ? "alice" : ""
         session = Session(client: .init(key: fuzzKey, identity: helped ? "" : identity, streamID: StreamID(bytes: Reference.fuzzStream),
-                                        forwardSecrecy: forwardSecrecy, firstLineOffset: helped ? 0 : firstLine),
+                                        forwardSecrecy: forwardSecrecy, firstLineOffset: firstLine),
                           random: DeterministicRandom(seed: seed, script: script))
         let draws = Draws(seed: seed, script: script)
         _ = draws.take(32)
