@@ -312,6 +312,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             readSuppressed = true  // no more reads: nothing new to log
             disconnectPending = disconnectPending ?? (.shuttingDown, "server shutting down", false)
             finishDisconnectIfReady()
+        case .awaitingHello:
+            // Before any hello the client can still be told why, unauthenticated (Refusal code 5).
+            session.refuse(code: .serverBusy, text: "server shutting down")
+            flushOutbound()
+            end("closed: server shutting down", isError: false)
         default:
             end("closed: server shutting down", isError: false)
         }

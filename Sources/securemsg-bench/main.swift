@@ -113,20 +113,24 @@ do {
         withExtendedLifetime(clients) {}
 
     case "handshake-cpu":
-        // Both ends of a handshake in one process, no sockets: the protocol's own CPU cost.
+        // Both ends of a v2 handshake in one process, no sockets: the protocol's own CPU cost.
+        //   handshake-cpu [COUNT] [psk|fs]   (fs: the client offers X25519 and the server chooses it)
         let key = PreSharedKey(bytes: Array(repeating: 7, count: 32))
-        let count = Int(arguments[2]) ?? 10_000
-        let forwardSecrecy = arguments.count > 3 && arguments[3] == "fs"
+        let count = arguments.count > 2 ? Int(arguments[2]) ?? 10_000 : 10_000
+        let fs = arguments.count > 3 && arguments[3] == "fs"
+        let stream = StreamID.random()
         let started = now()
         for _ in 0..<count {
-            let client = Session(client: .init(key: key, forwardSecrecy: forwardSecrecy ? .required : .off)), server = Session(server: .init())
+            let client = Session(client: .init(key: key, streamID: stream, forwardSecrecy: fs ? .offered : .off))
+            let server = Session(server: .init())
             _ = try server.receive(client.takeOutbound())
-            try server.accept(key: key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
+            try server.accept(key: key, resumeOffset: 0, forwardSecrecy: fs)
             _ = try client.receive(server.takeOutbound())
             _ = try server.receive(client.takeOutbound())
+            precondition(server.state == .established && client.state == .established)
         }
         let elapsed = now() - started
-        emit(#"{"handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
+        emit(#"{"mode":"\#(fs ? "fs" : "psk")","handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
 
     default:
         FileHandle.standardError.write(Data("unknown mode \(arguments[1])\n".utf8))
