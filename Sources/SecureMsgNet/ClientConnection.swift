@@ -161,10 +161,15 @@ public final class ClientConnection: @unchecked Sendable {
     public func finish(timeout: Double? = nil) throws(ClientFailure) {
         let handler = self.handler!
         channel.eventLoop.execute { handler.disconnect() }
-        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) } ?? .distantFuture
+        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
         condition.lock()
         while !terminated {
-            if !condition.wait(until: deadline) { break }
+            // (wait(until: .distantFuture) traps on Linux: no deadline is a plain wait)
+            if let deadline {
+                if !condition.wait(until: deadline) { break }
+            } else {
+                condition.wait()
+            }
         }
         let failure = terminated ? self.failure : .timeout("no answer to our DISCONNECT within \(timeout.map { "\($0)" } ?? "") s")
         condition.unlock()

@@ -65,6 +65,16 @@ public final class Delivery: @unchecked Sendable {
     /// Lines acknowledged in this run (all connections), and lines sent at least once.
     public private(set) var acknowledgedLines: UInt64 = 0
     private var startOffset: UInt64?
+    private var _sentUpTo: UInt64 = 0
+    private var _everConnected = false
+    /// Whether any connection got through its handshake (a connect failure alone is reported bare).
+    public var everConnected: Bool { condition.withLock { _everConnected } }
+    /// Lines sent at least once and not acknowledged.
+    public var sentNotAcknowledged: UInt64 {
+        let sent = condition.withLock { _sentUpTo }
+        let held = outbox.firstHeld
+        return sent > held ? sent - held : 0
+    }
 
     /// `onAcknowledged` gets the total acknowledged in this run after each ACK (the progress line).
     public init(configuration: Configuration, outbox: Outbox, diagnostics: @escaping @Sendable (String) -> Void,
@@ -153,7 +163,10 @@ public final class Delivery: @unchecked Sendable {
         } catch {
             return .failed(error, connected: false)
         }
-        condition.withLock { current = connection }
+        condition.withLock {
+            current = connection
+            _everConnected = true
+        }
         defer { condition.withLock { current = nil } }
         let handshake = connection.handshake!
         if handshake.resumeOffset > outbox.nextOffset {
@@ -178,7 +191,8 @@ public final class Delivery: @unchecked Sendable {
             guard let chunk = outbox.chunk(from: cursor, unlessWokenSince: token) else {
                 if outbox.isInputFinished && cursor >= outbox.nextOffset && !connection.isTerminated && !isStopping {
                     do {
-                        try connection.finish(timeout: Double(options.acknowledgementTimeout.nanoseconds) / 1e9)
+                        // The ACK watchdog speaks first while lines are outstanding; this bounds the exchange itself.
+                        try connection.finish(timeout: Double(options.acknowledgementTimeout.nanoseconds) / 1e9 + 5)
                     } catch {
                         return .failed(error, connected: true)
                     }
@@ -193,6 +207,7 @@ public final class Delivery: @unchecked Sendable {
                 return .failed(error, connected: true)
             }
             cursor = chunk.endOffset
+            condition.withLock { _sentUpTo = max(_sentUpTo, cursor) }
         }
         return .failed(connection.waitForTermination() ?? .connectionLost, connected: true)
     }

@@ -91,10 +91,11 @@ struct Send: ParsableCommand {
         spooled?.close()
 
         let acknowledged = delivery.acknowledgedLines, held = outbox.heldLines
+        let sentNotAcknowledged = min(delivery.sentNotAcknowledged, held)
         var summary = "\(acknowledged) line\(acknowledged == 1 ? "" : "s") acknowledged"
-        if held > 0 {
-            summary += ", \(held) not acknowledged" + (spool.map { " (kept in the spool \($0))" } ?? "")
-        }
+        if sentNotAcknowledged > 0 { summary += ", \(sentNotAcknowledged) sent but not acknowledged" }
+        if held > sentNotAcknowledged { summary += ", \(held - sentNotAcknowledged) not sent" }
+        if held > 0, let spool { summary += " (kept in the spool \(spool))" }
         switch outcome {
         case .delivered:
             if let failure = reader.failure {
@@ -102,7 +103,9 @@ struct Send: ParsableCommand {
                 throw CommandFailure(message: "\(failure); \(summary)", exitCode: 2)
             }
         case .failed(let failure):
-            throw CommandFailure(message: "\(failure); \(summary)", exitCode: reader.failure == nil ? 1 : 2)
+            // A server never reached: the reason alone, as before there were lines to count.
+            let message = delivery.everConnected || acknowledged > 0 ? "\(failure); \(summary)" : "\(failure)"
+            throw CommandFailure(message: message, exitCode: reader.failure == nil ? 1 : 2)
         case .stopped:
             if held > 0 || !outbox.isInputFinished && spool == nil {
                 throw CommandFailure(message: "stopped; \(summary)", exitCode: 1)

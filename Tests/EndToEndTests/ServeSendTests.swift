@@ -50,14 +50,6 @@ import Testing
         }
     }
 
-    @Test func disconnectCommandEndsTheSessionCleanly() throws {
-        let server = try ServerProcess(arguments: ["--format", "raw"])
-        let result = try server.send(Data("first\n!DISCONNECT\nnever sent\n".utf8))
-        #expect(result.status == 0, "\(result.stderr)")
-        #expect(server.log == Data("first\n".utf8))
-        #expect(server.waitForStderr { $0.contains("session ended (1 line)") })
-    }
-
     @Test func endOfInputWithoutFinalNewlineAndCRLF() throws {
         let server = try ServerProcess(arguments: ["--format", "raw"])
         let result = try server.send(Data("dos\r\nunix\nlast".utf8))

@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+
+/// Issue 12: every line `send` takes from its input is in the log exactly once, in order, whatever
+/// crashes, restarts and network failures happen in between; `send --retry` exits 0 once all are
+/// acknowledged. Logs are compared byte for byte with the input (`--format raw`).
+@Suite(.serialized) struct DeliveryTests {
+    static let quickHeartbeat = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]
+
+    /// Waits until `condition` holds, up to `timeout` seconds.
+    @discardableResult
+    static func waitUntil(timeout: TimeInterval = 60, _ condition: () -> Bool) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+
+    /// Lines in the log so far.
+    static func loggedLines(_ server: RestartableServe) -> Int { server.log.count(where: { $0 == 0x0A }) }
+
+    /// The issue's 10-restart test, scaled to 1,000,000 short lines: serve is killed with kill -9 ten
+    /// times at random moments (each once a random further share of the input is logged) and started
+    /// again; send --retry exits 0 and the log equals the input exactly.
+    @Test func tenKillNineRestartsOfServeLoseAndDuplicateNothing() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"])
+        let total = 1_000_000
+        let input = numberedLines("r", count: total)
+        let inputPath = try writeInput(input, in: server.directory)
+        let client = try backgroundSend(port: server.port, keyPath: server.keyPath, input: inputPath, extra: ["--retry"])
+        var generator = SystemRandomNumberGenerator()
+        for restart in 0..<10 {
+            // Kill at a random point of the next tenth of the input (or at once, when it is already there).
+            let target = total * restart / 10 + Int.random(in: 0..<(total / 10), using: &generator)
+            Self.waitUntil(timeout: 120) { Self.loggedLines(server) >= target || !client.process.isRunning }
+            usleep(UInt32.random(in: 0..<20_000, using: &generator))
+            server.kill9()
+            usleep(UInt32.random(in: 0..<300_000, using: &generator))
+            try server.start()
+        }
+        let (status, stderr) = client.wait(timeout: 300)
+        #expect(status == 0, "\(stderr)")
+        #expect(server.starts == 11)
+        #expect(server.log == input, "log has \(Self.loggedLines(server)) lines; serve: \(server.allStderr.suffix(2000))")
+    }
+
+    /// serve stopped cleanly (SIGTERM, then SIGINT, alternately) three times mid-stream.
+    @Test func cleanServeRestartsMidStreamLoseAndDuplicateNothing() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"])
+        let total = 300_000
+        let input = numberedLines("t", count: total)
+        let inputPath = try writeInput(input, in: server.directory)
+        let client = try backgroundSend(port: server.port, keyPath: server.keyPath, input: inputPath, extra: ["--retry"])
+        for restart in 0..<3 {
+            Self.waitUntil(timeout: 120) { Self.loggedLines(server) >= total * (restart + 1) / 4 || !client.process.isRunning }
+            #expect(server.stop(restart % 2 == 0 ? SIGTERM : SIGINT) == 0)
+            usleep(200_000)
+            try server.start()
+        }
+        let (status, stderr) = client.wait(timeout: 300)
+        #expect(status == 0, "\(stderr)")
+        #expect(server.log == input, "serve: \(server.allStderr.suffix(2000))")
+    }
+
+    /// A network blackhole (nothing forwarded, nothing closed) mid-stream: send notices within its
+    /// heartbeat bound, reconnects once the network is back, and the server hands the stream from the
+    /// old (still open) session to the new one without logging a line twice.
+    @Test func aBlackholedNetworkMidStreamLosesAndDuplicatesNothing() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"])
+        let proxy = try TestProxy(targetPort: server.port)
+        let total = 200_000
+        let input = numberedLines("b", count: total)
+        let inputPath = try writeInput(input, in: server.directory)
+        let client = try backgroundSend(port: proxy.port, keyPath: server.keyPath, input: inputPath, extra: ["--retry"] + Self.quickHeartbeat)
+        Self.waitUntil { Self.loggedLines(server) >= total / 3 || !client.process.isRunning }
+        proxy.blackhole(true)
+        let stalledAt = Self.loggedLines(server)
+        // Longer than send's heartbeat timeout (2 s): it gives up on the connection and retries.
+        sleep(4)
+        #expect(Self.loggedLines(server) - stalledAt < total / 2)
+        proxy.blackhole(false)
+        let (status, stderr) = client.wait(timeout: 120)
+        #expect(status == 0, "\(stderr)")
+        #expect(stderr.contains("heartbeat"), "\(stderr)")
+        #expect(server.log == input, "serve: \(server.allStderr.suffix(2000))")
+    }
+
+    /// serve is down when send starts: send --retry waits for it, then delivers everything.
+    @Test func serveDownWhenSendStartsThenComingUp() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"], start: false)
+        let input = numberedLines("d", count: 50_000)
+        let inputPath = try writeInput(input, in: server.directory)
+        let client = try backgroundSend(port: server.port, keyPath: server.keyPath, input: inputPath, extra: ["--retry"])
+        sleep(2)
+        #expect(client.process.isRunning)
+        try server.start()
+        let (status, stderr) = client.wait(timeout: 120)
+        #expect(status == 0, "\(stderr)")
+        #expect(stderr.contains("cannot connect"), "\(stderr)")
+        #expect(server.log == input)
+    }
+
+    /// Without --retry the old behaviour stays: a refused connect is one line and exit 1, at once.
+    @Test func withoutRetryARefusedConnectFailsAtOnce() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"], start: false)
+        let started = Date()
+        let result = try Harness.run(["send", "--port", "\(server.port)", "--key-file", server.keyPath], stdin: Data("x\n".utf8))
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("cannot connect"))
+        #expect(Date().timeIntervalSince(started) < 20)
+    }
+
+    /// --retry-for gives up after its time, saying so, with exit 1.
+    @Test func retryForGivesUpAfterItsTime() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"], start: false)
+        let started = Date()
+        let result = try Harness.run(["send", "--port", "\(server.port)", "--key-file", server.keyPath, "--retry-for", "1.5"],
+                                     stdin: Data("x\n".utf8))
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("gave up retrying after 1.5 s"), "\(result.stderr)")
+        #expect(Date().timeIntervalSince(started) < 30)
+    }
+
+    /// A wrong key stays fatal with --retry: one line, exit 1, no retrying.
+    @Test func aKeyMismatchIsNotRetried() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"])
+        let otherKey = try Harness.makeKey(in: server.directory, name: "other")
+        let result = try Harness.run(["send", "--port", "\(server.port)", "--key-file", otherKey, "--retry"], stdin: Data("x\n".utf8), timeout: 30)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("key mismatch"), "\(result.stderr)")
+        #expect(!result.stderr.contains("retrying"))
+    }
+
+    /// send is byte-transparent: a data line `!DISCONNECT` is logged like any other, and the lines after it too.
+    @Test func aDisconnectLineIsDataForSend() throws {
+        let server = try ServerProcess(arguments: ["--format", "raw"])
+        let input = Data("before\n!DISCONNECT\nafter\n".utf8)
+        let result = try server.send(input)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(server.log == input)
+    }
+}
