@@ -107,7 +107,7 @@ struct Send: ParsableCommand {
             let message = delivery.everConnected || acknowledged > 0 ? "\(failure); \(summary)" : "\(failure)"
             throw CommandFailure(message: message, exitCode: reader.failure == nil ? 1 : 2)
         case .stopped:
-            if held > 0 || !outbox.isInputFinished && spool == nil {
+            if held > 0 {
                 throw CommandFailure(message: "stopped; \(summary)", exitCode: 1)
             }
             StandardError.line("securemsg send: stopped; \(summary)")

@@ -64,23 +64,36 @@ import Testing
         #expect(server.log == input, "serve: \(server.allStderr.suffix(2000))")
     }
 
-    /// A network blackhole (nothing forwarded, nothing closed) mid-stream: send notices within its
+    /// A network blackhole (nothing forwarded, nothing closed) while lines flow: send notices within its
     /// heartbeat bound, reconnects once the network is back, and the server hands the stream from the
     /// old (still open) session to the new one without logging a line twice.
     @Test func aBlackholedNetworkMidStreamLosesAndDuplicatesNothing() throws {
         let server = try RestartableServe(arguments: ["--format", "raw"])
         let proxy = try TestProxy(targetPort: server.port)
-        let total = 200_000
-        let input = numberedLines("b", count: total)
-        let inputPath = try writeInput(input, in: server.directory)
-        let client = try backgroundSend(port: proxy.port, keyPath: server.keyPath, input: inputPath, extra: ["--retry"] + Self.quickHeartbeat)
-        Self.waitUntil { Self.loggedLines(server) >= total / 3 || !client.process.isRunning }
+        let input = numberedLines("b", count: 30_000)
+        let parts = stride(from: 0, to: input.count, by: input.count / 3).map { start -> Data in
+            // Cut at line ends.
+            let from = start == 0 ? 0 : input[start...].firstIndex(of: 0x0A)! + 1
+            let next = start + input.count / 3
+            let to = next >= input.count ? input.count : input[next...].firstIndex(of: 0x0A)! + 1
+            return input[from..<to]
+        }
+        #expect(parts.reduce(Data(), +) == input)
+        let pipe = Pipe()
+        _ = RawSocket.ignoreSIGPIPE
+        let client = try BackgroundClient(
+            ["send", "--port", "\(proxy.port)", "--key-file", server.keyPath, "--retry", "--connect-timeout", "3"] + Self.quickHeartbeat,
+            standardInput: pipe)
+        let writer = pipe.fileHandleForWriting
+        writer.write(parts[0])
+        #expect(Self.waitUntil { server.log == parts[0] })
         proxy.blackhole(true)
-        let stalledAt = Self.loggedLines(server)
-        // Longer than send's heartbeat timeout (2 s): it gives up on the connection and retries.
-        sleep(4)
-        #expect(Self.loggedLines(server) - stalledAt < total / 2)
+        writer.write(parts[1])
+        sleep(4)  // longer than send's heartbeat timeout (2 s): it gives up on the connection and retries
+        #expect(server.log == parts[0])
         proxy.blackhole(false)
+        writer.write(parts[2])
+        try writer.close()
         let (status, stderr) = client.wait(timeout: 120)
         #expect(status == 0, "\(stderr)")
         #expect(stderr.contains("heartbeat"), "\(stderr)")
@@ -131,6 +144,34 @@ import Testing
         #expect(result.status == 1)
         #expect(result.stderr.contains("key mismatch"), "\(result.stderr)")
         #expect(!result.stderr.contains("retrying"))
+    }
+
+    /// SIGTERM with the server down: send stops at once (no more waiting for a server), says what is not
+    /// acknowledged, exits 1. SIGINT with everything acknowledged: exit 0 and the count.
+    @Test func aSignalStopsSendWithASummary() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"], start: false)
+        let pipe = Pipe()
+        _ = RawSocket.ignoreSIGPIPE
+        let down = try BackgroundClient(["send", "--port", "\(server.port)", "--key-file", server.keyPath, "--retry"], standardInput: pipe)
+        pipe.fileHandleForWriting.write(Data("a\nb\nc\n".utf8))
+        usleep(500_000)
+        let signalled = Date()
+        kill(down.process.processIdentifier, SIGTERM)
+        let (status, stderr) = down.wait(timeout: 30)
+        #expect(status == 1)
+        #expect(stderr.contains("stopped; 0 lines acknowledged, 3 not sent"), "\(stderr)")
+        #expect(Date().timeIntervalSince(signalled) < 10)
+
+        try server.start()
+        let upPipe = Pipe()
+        let up = try BackgroundClient(["send", "--port", "\(server.port)", "--key-file", server.keyPath, "--retry"], standardInput: upPipe)
+        upPipe.fileHandleForWriting.write(Data("x\ny\n".utf8))
+        #expect(Self.waitUntil { server.log == Data("x\ny\n".utf8) })
+        usleep(200_000)
+        kill(up.process.processIdentifier, SIGINT)
+        let (upStatus, upStderr) = up.wait(timeout: 30)
+        #expect(upStatus == 0, "\(upStderr)")
+        #expect(upStderr.contains("stopped; 2 lines acknowledged"), "\(upStderr)")
     }
 
     /// send is byte-transparent: a data line `!DISCONNECT` is logged like any other, and the lines after it too.
