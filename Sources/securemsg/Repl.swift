@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SecureMsgNet
 
 struct Repl: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,11 +18,27 @@ struct Repl: ParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Do not read or write the history file (history lasts for this session only).")
     var noHistory = false
+    @Flag(help: "On a lost connection or a server restart, reconnect (saying so above the prompt) and resend what is not acknowledged, as send --retry does.")
+    var retry = false
+    @Option(help: ArgumentHelp("Like --retry, but give up after this many seconds without a working connection.", valueName: "seconds"))
+    var retryFor: Double?
 
     func run() throws {
         try Self.run("repl") {
             ReplSession.reserveStandardDescriptors()
             let options = try connection.clientOptions()
+            if retry || retryFor != nil {
+                var configuration = Delivery.Configuration(options: options)
+                configuration.retry = true
+                configuration.retryFor = retryFor
+                if isatty(STDIN_FILENO) == 1 {
+                    let path = noHistory ? nil : HistoryFile.defaultPath(environment: ProcessInfo.processInfo.environment)
+                    try ReplSession.interactiveRetrying(configuration: configuration, historyPath: path)
+                } else {
+                    try ReplSession.plainRetrying(configuration: configuration)
+                }
+                return
+            }
             if isatty(STDIN_FILENO) == 1 {
                 let path = noHistory ? nil : HistoryFile.defaultPath(environment: ProcessInfo.processInfo.environment)
                 try ReplSession.interactive(options: options, historyPath: path)

@@ -132,9 +132,13 @@ final class InputReader: @unchecked Sendable {
     private var _bytesRead: UInt64 = 0
     private var stopping = false
 
-    init(inputs: [(String, Int32)], outbox: Outbox) {
+    private let recognizesDisconnectCommand: Bool
+
+    /// `recognizesDisconnectCommand`: repl's plain input, where a line `!DISCONNECT` ends the input.
+    init(inputs: [(String, Int32)], outbox: Outbox, recognizesDisconnectCommand: Bool = false) {
         self.inputs = inputs
         self.outbox = outbox
+        self.recognizesDisconnectCommand = recognizesDisconnectCommand
     }
 
     /// Bad input (unreadable, a line over the limit): lines before it are delivered, then send fails.
@@ -145,7 +149,7 @@ final class InputReader: @unchecked Sendable {
     func stop() { lock.withLock { stopping = true } }
 
     func run() {
-        var batcher = LineBatcher(recognizesDisconnectCommand: false)
+        var batcher = LineBatcher(recognizesDisconnectCommand: recognizesDisconnectCommand)
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 16)
         defer {
             chunk.deallocate()
@@ -166,8 +170,9 @@ final class InputReader: @unchecked Sendable {
                         try outbox.append(batch.bytes, lineCount: batch.lineCount)
                         lock.withLock { _bytesRead += UInt64(batch.bytes.count) }
                     }
-                    if n == 0 { break }
+                    if n == 0 || batcher.disconnectRequested { break }
                 }
+                if batcher.disconnectRequested { break }
                 if fd != STDIN_FILENO { close(fd) }
             }
         } catch {

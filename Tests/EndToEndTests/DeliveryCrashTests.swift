@@ -3,7 +3,8 @@ import Testing
 
 /// Issue 12, the hard cases: serve crashing at each step of a write (fault injection), send killed with
 /// kill -9 and started again on its spool, a full spool, many senders whose connections are reset.
-@Suite(.serialized) struct DeliveryCrashTests {
+extension Delivery {
+@Suite struct DeliveryCrashTests {
     /// serve kills itself (SIGKILL) at one instant of its third write (SECUREMSG_TEST_CRASH, a test hook):
     /// started again, it reconciles log and stream table, and send --retry completes the stream with
     /// every line exactly once. Where the crash left log bytes the table does not count, the restarted
@@ -15,8 +16,18 @@ import Testing
         environment["SECUREMSG_TEST_CRASH"] = "\(step):3"
         try server.start(environment: environment)
         let input = numberedLines("f", count: 100_000)
-        let inputPath = try writeInput(input, in: server.directory)
-        let client = try backgroundSend(port: server.port, keyPath: server.keyPath, input: inputPath, extra: ["--retry"])
+        // Fed in 20 pieces, 50 ms apart: the writer sees at least one batch per piece, so there is a third.
+        let pipe = Pipe()
+        _ = RawSocket.ignoreSIGPIPE
+        let client = try BackgroundClient(["send", "--port", "\(server.port)", "--key-file", server.keyPath, "--retry"], standardInput: pipe)
+        let pieces = lines(input)
+        Thread.detachNewThread {
+            for start in stride(from: 0, to: pieces.count, by: 5_000) {
+                pipe.fileHandleForWriting.write(Data((pieces[start..<min(pieces.count, start + 5_000)].joined(separator: "\n") + "\n").utf8))
+                usleep(50_000)
+            }
+            try? pipe.fileHandleForWriting.close()
+        }
         let crashed = DeliveryTests.waitUntil(timeout: 60) { !(server.current?.process.isRunning ?? false) }
         #expect(crashed, "serve did not crash at \(step)")
         server.kill9()  // reaps it
@@ -137,4 +148,5 @@ import Testing
         for (stream, numbers) in perStream { #expect(numbers == Array(0..<perSender), "\(stream): \(numbers.count) lines") }
         #expect(resets >= 1)
     }
+}
 }

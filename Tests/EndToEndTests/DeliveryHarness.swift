@@ -20,7 +20,7 @@ func freeLoopbackPort() -> Int {
 
 /// serve on one fixed port and directory (so one log and one stream table), which tests kill and start
 /// again: the server of a restart test.
-final class RestartableServe {
+final class RestartableServe: @unchecked Sendable {  // driven by one test thread at a time
     let directory: URL
     let keyPath: String
     let port: Int

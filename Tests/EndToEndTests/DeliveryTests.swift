@@ -4,7 +4,12 @@ import Testing
 /// Issue 12: every line `send` takes from its input is in the log exactly once, in order, whatever
 /// crashes, restarts and network failures happen in between; `send --retry` exits 0 once all are
 /// acknowledged. Logs are compared byte for byte with the input (`--format raw`).
-@Suite(.serialized) struct DeliveryTests {
+/// Every delivery suite, one test at a time: they are heavy (processes, restarts, a million lines), and
+/// the rest of the suite runs beside them.
+@Suite(.serialized) struct Delivery {}
+
+extension Delivery {
+@Suite struct DeliveryTests {
     static let quickHeartbeat = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]
 
     /// Waits until `condition` holds, up to `timeout` seconds.
@@ -182,4 +187,30 @@ import Testing
         #expect(result.status == 0, "\(result.stderr)")
         #expect(server.log == input)
     }
+}
+
+}
+
+extension Delivery {
+/// repl --retry (plain input): a server that is down at first and comes up later gets every line, and
+/// each acknowledged line prints `Message received`.
+@Suite struct ReplRetryTests {
+    @Test func replWithRetryWaitsForTheServerAndDeliversEveryLine() throws {
+        let server = try RestartableServe(arguments: ["--format", "raw"], start: false)
+        let starter = DispatchSemaphore(value: 0)
+        let startFailure = Locked<String?>(nil)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 1.5) {
+            do { try server.start() } catch { startFailure.withLock { $0 = "\(error)" } }
+            starter.signal()
+        }
+        let result = try Harness.run(["repl", "--port", "\(server.port)", "--key-file", server.keyPath, "--retry"],
+                                     stdin: Data("a\n!DISCONNECT-not\nb\n!DISCONNECT\nnever\n".utf8), timeout: 60)
+        starter.wait()
+        #expect(startFailure.withLock { $0 } == nil)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(String(decoding: result.stdout, as: UTF8.self) == String(repeating: "Message received\n", count: 3))
+        #expect(result.stderr.contains("reconnected after"), "\(result.stderr)")
+        #expect(server.log == Data("a\n!DISCONNECT-not\nb\n".utf8))
+    }
+}
 }
