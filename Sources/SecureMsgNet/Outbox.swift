@@ -145,8 +145,9 @@ public final class Outbox: @unchecked Sendable {
         while entries[index].endOffset <= start { index += 1 }
         var picked: [Entry] = []
         var bytes = 0
-        while index < entries.count, entries[index].firstOffset < synced,
-              picked.isEmpty || bytes + entries[index].length <= Self.chunkBytes {
+        // One entry per chunk: an entry is one batch of lines that were at hand together (≤ 256 KiB), so
+        // frames follow the input's rhythm as they did before there was an outbox.
+        while index < entries.count, entries[index].firstOffset < synced, picked.isEmpty {
             picked.append(entries[index])
             bytes += entries[index].length
             index += 1

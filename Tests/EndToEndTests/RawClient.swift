@@ -175,9 +175,11 @@ final class RawClient {
     private(set) var events: [Session.Event] = []
 
     /// A v2 client (empty identity unless given, a fresh random stream, PSK-only unless asked).
-    init(port: Int, key: PreSharedKey, identity: String = "", forwardSecrecy: ForwardSecrecy = .off) throws {
+    init(port: Int, key: PreSharedKey, identity: String = "", forwardSecrecy: ForwardSecrecy = .off,
+         streamID: StreamID = .random(), firstLineOffset: UInt64 = 0) throws {
         socket = try RawSocket(port: port)
-        session = Session(client: .init(key: key, identity: identity, forwardSecrecy: forwardSecrecy))
+        session = Session(client: .init(key: key, identity: identity, streamID: streamID, forwardSecrecy: forwardSecrecy,
+                                        firstLineOffset: firstLineOffset))
         self.key = key
         clientHello = session.takeOutbound()
     }
