@@ -189,7 +189,7 @@ public final class Delivery: @unchecked Sendable {
             let token = outbox.wakeToken
             if connection.isTerminated { break }
             guard let chunk = outbox.chunk(from: cursor, unlessWokenSince: token) else {
-                if outbox.isInputFinished && cursor >= outbox.nextOffset && !connection.isTerminated && !isStopping {
+                if outbox.isInputFinished && max(cursor, outbox.firstHeld) >= outbox.nextOffset && !connection.isTerminated && !isStopping {
                     do {
                         // The ACK watchdog speaks first while lines are outstanding; this bounds the exchange itself.
                         try connection.finish(timeout: Double(options.acknowledgementTimeout.nanoseconds) / 1e9 + 5)

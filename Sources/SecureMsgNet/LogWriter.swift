@@ -201,6 +201,7 @@ public final class LogWriter: @unchecked Sendable {
         if sync == .always {
             for record in batch {
                 let ok = writeOut(batch: [record]) && syncLog() && commitStreams([record])
+                if !ok { cutUncountedTail() }
                 record.completion(ok)
             }
             return
@@ -209,7 +210,21 @@ public final class LogWriter: @unchecked Sendable {
         var ok = writeOut(batch: batch)
         if ok && sync == .batch { ok = syncLog() }
         if ok { ok = commitStreams(batch) }
+        if !ok { cutUncountedTail() }
         for record in batch { record.completion(ok) }
+    }
+
+    /// A failed write, sync or table commit: the lines are not acknowledged, and their clients will send
+    /// them again, so the log must not keep them either (else they would be there twice). Cut it back to
+    /// the size the stream table counts, as a restart would.
+    private func cutUncountedTail() {
+        guard let streamTable, logFD >= 0 else { return }
+        let counted = streamTable.lastLogSize
+        guard ftruncate(logFD, off_t(counted)) == 0 else {
+            diagnostics("log file \(logPath ?? ""): cannot cut back unacknowledged lines: \(String(cString: strerror(errno)))")
+            return
+        }
+        logSize = counted
     }
 
     private func commitStreams(_ batch: [Record]) -> Bool {

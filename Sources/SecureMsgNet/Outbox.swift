@@ -154,11 +154,11 @@ public final class Outbox: @unchecked Sendable {
         }
         condition.unlock()
         var chunk = Chunk(firstOffset: picked[0].firstOffset, lineCount: 0, bytes: [])
-        chunk.bytes.reserveCapacity(bytes)
         for entry in picked {
             if let data = entry.bytes {
-                chunk.bytes.append(contentsOf: data)
+                if chunk.bytes.isEmpty { chunk.bytes = data } else { chunk.bytes.append(contentsOf: data) }  // shared, not copied
             } else if let spool, let location = entry.location {
+                chunk.bytes.reserveCapacity(bytes)
                 spool.read(location, length: entry.length, into: &chunk.bytes)
             }
             chunk.lineCount += entry.lineCount
@@ -184,9 +184,10 @@ public final class Outbox: @unchecked Sendable {
         _firstHeld = target
         while head < entries.count, entries[head].endOffset <= target {
             held -= entries[head].length
+            entries[head].bytes = nil  // the memory goes now, not at the next compaction of the array
             head += 1
         }
-        if head > 1024 {
+        if head > 256 {
             entries.removeFirst(head)
             head = 0
         }

@@ -163,7 +163,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             evict: { bound.eventLoop.execute { bound.value.streamTakenOver() } },
             ready: { bound.eventLoop.execute { bound.value.streamReady() } })
         if owned {
+            // The stream's previous session may have logged more since our hello was answered.
             stream.phase = .owner
+            stream.floor = shared.writer.streamTable?.offset(for: key) ?? 0
         } else {
             stream.phase = .waiting
             readSuppressed = true
