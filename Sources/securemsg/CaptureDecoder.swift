@@ -57,10 +57,6 @@ final class CaptureDecoder {
         var sawData = false
         var lost: Set<Direction> = []  // directions given up (gap, lost framing)
         var closed: Set<Direction> = []
-        var splitters: [Direction: UnitSplitter] = [
-            .clientToServer: UnitSplitter(handshakeUnits: [.clientHello, .clientFinished]),
-            .serverToClient: UnitSplitter(handshakeUnits: [.serverHello]),
-        ]
         var lastSequence: [Direction: UInt64] = [:]
         /// Fields every row of a v2 session carries (stream, identity).
         var sessionFields: [(key: String, value: String)] = []
@@ -130,22 +126,19 @@ final class CaptureDecoder {
     private func receive(_ connection: Connection, _ direction: Direction, _ bytes: [UInt8], at: CaptureTimestamp) {
         guard let observer = connection.observer, !connection.lost.contains(direction), !bytes.isEmpty else { return }
         connection.sawData = true
-        // Fed one protocol unit at a time: the observer returns a call's events only if the call does not
-        // throw, so a unit that breaks the stream must not take the good frames before it down with it.
-        let ends = connection.splitters[direction]!.unitEnds(in: bytes)
+        // Events are kept as they happen: a unit that breaks the stream must not take the good frames
+        // before it (in the same bytes) down with it.
+        var events: [Observer.Event] = []
+        var failure: ProtocolError?
         bytes.withUnsafeBytes { all in
-            var start = 0
-            for end in ends + [all.count] where end > start {
-                guard connection.observer != nil, !connection.lost.contains(direction) else { return }
-                do throws(ProtocolError) {
-                    let events = try observer.receive(direction, UnsafeRawBufferPointer(rebasing: all[start..<end]))
-                    for event in events { deliver(event, connection, at: at) }
-                } catch {
-                    fail(connection, direction, error, at: at)
-                }
-                start = end
+            do throws(ProtocolError) {
+                try observer.receive(direction, all, into: &events)
+            } catch {
+                failure = error
             }
         }
+        for event in events where connection.observer != nil { deliver(event, connection, at: at) }
+        if let failure, connection.observer != nil { fail(connection, direction, failure, at: at) }
         if !connection.handshakeCompleted, connection.observer != nil,
            observer.pendingBytes(.clientToServer) > Self.maximumHeldBytes
         {
