@@ -57,6 +57,7 @@ public final class SecureServer: Sendable {
     public init(configuration: ServerConfiguration) throws {
         let writer = try LogWriter(
             logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
+            escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
             diagnostics: { StandardError.line("securemsg serve: \($0)") })
         shared = ServerShared(configuration: configuration, writer: writer)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
