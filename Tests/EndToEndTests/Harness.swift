@@ -77,7 +77,9 @@ enum Harness {
         let deadline = Date(timeIntervalSinceNow: timeout)
         while process.isRunning && Date() < deadline { usleep(5_000) }
         if process.isRunning {
-            process.terminate()
+            // SIGKILL, not terminate(): a client hung in a wait may not act on SIGTERM, and the test
+            // would then hang instead of failing.
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
             Issue.record("securemsg \(arguments.joined(separator: " ")) timed out after \(timeout) s")
         }
