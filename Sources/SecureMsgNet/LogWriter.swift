@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import SecureMsgCore
 import Synchronization
 
 /// When a logged line is durable enough to acknowledge (docs: README "serve").
@@ -44,15 +45,21 @@ public final class LogWriter: @unchecked Sendable {
     private let logPath: String?
     private let sync: SyncPolicy
     private let echoToStdout: Bool
+    /// Raw lines echoed to a terminal are escaped there (`MessageFormatter.escapedForTerminal`).
+    private let escapeEcho: Bool
     private var logFD: Int32 = -1
     private var stdoutBroken = false
     private let diagnostics: @Sendable (String) -> Void
 
     /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first message.
-    public init(logPath: String?, sync: SyncPolicy, echoToStdout: Bool, diagnostics: @escaping @Sendable (String) -> Void) throws {
+    public init(
+        logPath: String?, sync: SyncPolicy, echoToStdout: Bool, escapeEcho: Bool = false,
+        diagnostics: @escaping @Sendable (String) -> Void
+    ) throws {
         self.logPath = logPath
         self.sync = sync
         self.echoToStdout = echoToStdout
+        self.escapeEcho = escapeEcho
         self.diagnostics = diagnostics
         if let logPath { logFD = try Self.open(logPath) }
         let thread = Thread { [unowned self] in self.run() }
@@ -182,7 +189,11 @@ public final class LogWriter: @unchecked Sendable {
 
     private func writeOut(batch: [Record]) -> Bool {
         if echoToStdout && !stdoutBroken {
-            if !writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes)) {
+            let written =
+                escapeEcho
+                ? writeAll(STDOUT_FILENO, batch.lazy.map { MessageFormatter.escapedForTerminal(rawLines: $0.bytes) })
+                : writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes))
+            if !written {
                 // A closed stdout (e.g. `serve | head`) must not stop logging: the log file is the record.
                 stdoutBroken = true
                 diagnostics("stdout: \(String(cString: strerror(errno))); messages continue to the log file only")

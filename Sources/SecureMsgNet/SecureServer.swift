@@ -59,6 +59,7 @@ public final class SecureServer: Sendable {
     public init(configuration: ServerConfiguration) throws {
         let writer = try LogWriter(
             logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
+            escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
             diagnostics: { StandardError.line("securemsg serve: \($0)") })
         let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
         shared = ServerShared(configuration: configuration, writer: writer, keyLog: keyLog)

@@ -77,10 +77,11 @@ final class CaptureDecoder {
     private(set) var counts = Counts()
     private var row: [UInt8] = []
 
-    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
+    /// `escapingRaw`: stdout is a terminal, where `raw` lines are escaped as in `text`.
+    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false, output: OutputSink) {
         preSharedKey = key
         self.keyLog = keyLog
-        formatter = MessageFormatter(format: format)
+        formatter = MessageFormatter(format: format, escapingRaw: escapingRaw)
         self.output = output
     }
 
@@ -191,7 +192,8 @@ final class CaptureDecoder {
                 if let last = lines.last, last != 0x0A { lineCount += 1 }
                 counts.lines += lineCount
                 lines.withUnsafeBytes { formatter.append(lines: $0, context: context, to: &row) }
-                if formatter.format == .raw, let last = lines.last, last != 0x0A { row.append(0x0A) }
+                // Only unescaped raw copies the plaintext as it is; every other form ends each line itself.
+                if formatter.format == .raw, !formatter.escapingRaw, let last = lines.last, last != 0x0A { row.append(0x0A) }
             case .ack, .disconnect, .ping, .pong:
                 var note = plaintext[...]
                 switch type {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import NIOCore
 import SecureMsgCore
 import SecureMsgNet
@@ -58,6 +59,7 @@ struct Serve: ParsableCommand {
             configuration.port = port
             configuration.logPath = noLog ? nil : log
             configuration.format = format
+            configuration.stdoutIsTerminal = isatty(STDOUT_FILENO) == 1
             configuration.sync = sync
             configuration.maxConnections = maxConnections
             configuration.maxLineLength = maxLineBytes
