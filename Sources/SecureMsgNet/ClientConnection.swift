@@ -31,7 +31,7 @@ public struct ClientOptions: Sendable {
 }
 
 /// Why a client session ended badly. Descriptions are one line, never contain key material, and show
-/// text the server chose (a DISCONNECT reason) only escaped and cut (`PeerText.printable`), so they
+/// text the server chose (a DISCONNECT reason, a refusal) only escaped and cut (`PeerText.printable`), so they
 /// are safe to print on a terminal as they are.
 public enum ClientFailure: Error, Sendable, CustomStringConvertible {
     case connect(String)
@@ -47,6 +47,9 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
         switch self {
         case .connect(let what): what
         case .timeout(let what): what
+        case .protocolError(.refused(let code, let text)):
+            // Before the handshake: nothing the server says is authenticated, and the client says so.
+            "server refused (unauthenticated): \(PeerText.printable(text.utf8)) (code \(code.rawValue))"
         case .protocolError(let error): "\(error)"
         case .closedByServer(let code, let reason):
             // The reason is the server's text: escaped and cut, so it cannot drive a terminal or forge a line.

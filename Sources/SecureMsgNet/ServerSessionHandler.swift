@@ -107,7 +107,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
                 shared.writer.submitDiagnostic("securemsg serve: key log \(keyLog.path): write failed: \(failure)")
             }
             if shared.configuration.verbose {
-                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.escaped(Array(info.identity.utf8), limit: Wire.maximumIdentityLength))\""
+                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.printable(info.identity.utf8, limit: Wire.maximumIdentityLength))\""
                 shared.writer.submitDiagnostic(
                     "securemsg serve: \(peer) #\(sessionID): session started (stream \(info.streamID)\(identity)\(info.forwardSecrecy ? ", forward secrecy" : ""))")
             }

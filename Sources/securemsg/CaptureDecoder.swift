@@ -162,7 +162,7 @@ final class CaptureDecoder {
         case let .refused(code, text):
             counts.refusals += 1
             connection.observer = nil  // nothing more to read, and nothing missing
-            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.escaped(Array(text.utf8), limit: Wire.maximumRefusalTextLength)) (code \(code.rawValue))")
+            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.printable(text.utf8)) (code \(code.rawValue))")
         case .forwardSecretSessionWithoutKeyLog(let nonce):
             counts.withoutKeyLog += 1
             connection.observer = nil
@@ -304,7 +304,7 @@ final class CaptureDecoder {
 
 /// A value from the wire made safe for a `key=value` field: escaped, spaces included.
 private func fieldValue(_ text: String) -> String {
-    PeerText.escaped(Array(text.utf8), limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
+    PeerText.printable(text.utf8, limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
 }
 
 extension Direction {
