@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import SecureMsgCore
 import Synchronization
 
 /// When a logged line is durable enough to acknowledge (docs: README "serve").
@@ -46,6 +47,8 @@ public final class LogWriter: @unchecked Sendable {
     private let logPath: String?
     private let sync: SyncPolicy
     private let echoToStdout: Bool
+    /// Raw lines echoed to a terminal are escaped there (`MessageFormatter.escapedForTerminal`).
+    private let escapeEcho: Bool
     private var logFD: Int32 = -1
     /// The open log file and its size, tracked here (this thread is its only writer) for the stream table.
     private var logIdentity = LogFileIdentity.none
@@ -65,11 +68,15 @@ public final class LogWriter: @unchecked Sendable {
 
     /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first
     /// message; opens the stream table and reconciles the two (a torn tail of either is cut back).
-    public init(logPath: String?, sync: SyncPolicy, echoToStdout: Bool, streamTable: StreamTableConfiguration? = nil,
-                faults: FaultInjector? = nil, diagnostics: @escaping @Sendable (String) -> Void) throws {
+    public init(
+        logPath: String?, sync: SyncPolicy, echoToStdout: Bool, escapeEcho: Bool = false,
+        streamTable: StreamTableConfiguration? = nil, faults: FaultInjector? = nil,
+        diagnostics: @escaping @Sendable (String) -> Void
+    ) throws {
         self.logPath = logPath
         self.sync = sync
         self.echoToStdout = echoToStdout
+        self.escapeEcho = escapeEcho
         self.diagnostics = diagnostics
         self.faults = faults
         if let logPath { logFD = try Self.open(logPath) }
@@ -251,7 +258,11 @@ public final class LogWriter: @unchecked Sendable {
 
     private func writeOut(batch: [Record]) -> Bool {
         if echoToStdout && !stdoutBroken {
-            if !writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes)) {
+            let written =
+                escapeEcho
+                ? writeAll(STDOUT_FILENO, batch.lazy.map { MessageFormatter.escapedForTerminal(rawLines: $0.bytes) })
+                : writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes))
+            if !written {
                 // A closed stdout (e.g. `serve | head`) must not stop logging: the log file is the record.
                 stdoutBroken = true
                 diagnostics("stdout: \(String(cString: strerror(errno))); messages continue to the log file only")

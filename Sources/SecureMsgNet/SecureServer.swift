@@ -60,6 +60,7 @@ public final class SecureServer: Sendable {
     public init(configuration: ServerConfiguration) throws {
         let writer = try LogWriter(
             logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
+            escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
             streamTable: configuration.streamTable, faults: configuration.faults,
             diagnostics: { StandardError.line("securemsg serve: \($0)") })
         let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }

@@ -10,6 +10,8 @@ public struct ServerConfiguration: Sendable {
     public var format: OutputFormat = .text
     public var sync: SyncPolicy = .batch
     public var echoToStdout = true
+    /// stdout is a terminal: `raw` lines echoed there are escaped as in `text` (the log stays byte-exact).
+    public var stdoutIsTerminal = false
     public var maxConnections = 4096
     /// Longest line accepted (bytes, without its newline); a longer one ends the session unacknowledged.
     public var maxLineLength = Wire.maximumLineLength

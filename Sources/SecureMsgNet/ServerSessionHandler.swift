@@ -110,7 +110,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
                 shared.writer.submitDiagnostic("securemsg serve: key log \(keyLog.path): write failed: \(failure)")
             }
             if shared.configuration.verbose {
-                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.escaped(Array(info.identity.utf8), limit: Wire.maximumIdentityLength))\""
+                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.printable(info.identity.utf8, limit: Wire.maximumIdentityLength))\""
                 shared.writer.submitDiagnostic(
                     "securemsg serve: \(peer) #\(sessionID): session started (stream \(info.streamID)\(identity)\(info.forwardSecrecy ? ", forward secrecy" : ""))")
             }
@@ -231,11 +231,13 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             }
             return
         }
-        submit(cut.lines, firstOffset: cut.firstOffset)
+        submit(cut.lines, firstOffset: cut.firstOffset, lineCount: remaining)
     }
 
-    private func submit(_ lines: ArraySlice<UInt8>, firstOffset: UInt64) {
-        let (lineCount, longest) = lines.withUnsafeBytes(lineStatistics)
+    private func submit(_ lines: ArraySlice<UInt8>, firstOffset: UInt64, lineCount: Int) {
+        // At the protocol's own limit no line can be longer (a frame holds at most 1 MiB of lines): the
+        // extra pass over the lines is paid only when --max-line-bytes lowers it.
+        let longest = shared.configuration.maxLineLength < Wire.maximumLineLength ? lines.withUnsafeBytes(lineStatistics).longest : 0
         guard longest <= shared.configuration.maxLineLength else {
             // Every good frame before this one is acknowledged first, then DISCONNECT "line too long".
             let reason = "line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))"

@@ -57,10 +57,6 @@ final class CaptureDecoder {
         var sawData = false
         var lost: Set<Direction> = []  // directions given up (gap, lost framing)
         var closed: Set<Direction> = []
-        var splitters: [Direction: UnitSplitter] = [
-            .clientToServer: UnitSplitter(handshakeUnits: [.clientHello, .clientFinished]),
-            .serverToClient: UnitSplitter(handshakeUnits: [.serverHello]),
-        ]
         var lastSequence: [Direction: UInt64] = [:]
         /// Fields every row of a v2 session carries (stream, identity).
         var sessionFields: [(key: String, value: String)] = []
@@ -81,10 +77,11 @@ final class CaptureDecoder {
     private(set) var counts = Counts()
     private var row: [UInt8] = []
 
-    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
+    /// `escapingRaw`: stdout is a terminal, where `raw` lines are escaped as in `text`.
+    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false, output: OutputSink) {
         preSharedKey = key
         self.keyLog = keyLog
-        formatter = MessageFormatter(format: format)
+        formatter = MessageFormatter(format: format, escapingRaw: escapingRaw)
         self.output = output
     }
 
@@ -130,22 +127,19 @@ final class CaptureDecoder {
     private func receive(_ connection: Connection, _ direction: Direction, _ bytes: [UInt8], at: CaptureTimestamp) {
         guard let observer = connection.observer, !connection.lost.contains(direction), !bytes.isEmpty else { return }
         connection.sawData = true
-        // Fed one protocol unit at a time: the observer returns a call's events only if the call does not
-        // throw, so a unit that breaks the stream must not take the good frames before it down with it.
-        let ends = connection.splitters[direction]!.unitEnds(in: bytes)
+        // Events are kept as they happen: a unit that breaks the stream must not take the good frames
+        // before it (in the same bytes) down with it.
+        var events: [Observer.Event] = []
+        var failure: ProtocolError?
         bytes.withUnsafeBytes { all in
-            var start = 0
-            for end in ends + [all.count] where end > start {
-                guard connection.observer != nil, !connection.lost.contains(direction) else { return }
-                do throws(ProtocolError) {
-                    let events = try observer.receive(direction, UnsafeRawBufferPointer(rebasing: all[start..<end]))
-                    for event in events { deliver(event, connection, at: at) }
-                } catch {
-                    fail(connection, direction, error, at: at)
-                }
-                start = end
+            do throws(ProtocolError) {
+                try observer.receive(direction, all, into: &events)
+            } catch {
+                failure = error
             }
         }
+        for event in events where connection.observer != nil { deliver(event, connection, at: at) }
+        if let failure, connection.observer != nil { fail(connection, direction, failure, at: at) }
         if !connection.handshakeCompleted, connection.observer != nil,
            observer.pendingBytes(.clientToServer) > Self.maximumHeldBytes
         {
@@ -168,7 +162,7 @@ final class CaptureDecoder {
         case let .refused(code, text):
             counts.refusals += 1
             connection.observer = nil  // nothing more to read, and nothing missing
-            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.escaped(Array(text.utf8), limit: Wire.maximumRefusalTextLength)) (code \(code.rawValue))")
+            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.printable(text.utf8)) (code \(code.rawValue))")
         case .forwardSecretSessionWithoutKeyLog(let nonce):
             counts.withoutKeyLog += 1
             connection.observer = nil
@@ -198,7 +192,8 @@ final class CaptureDecoder {
                 if let last = lines.last, last != 0x0A { lineCount += 1 }
                 counts.lines += lineCount
                 lines.withUnsafeBytes { formatter.append(lines: $0, context: context, to: &row) }
-                if formatter.format == .raw, let last = lines.last, last != 0x0A { row.append(0x0A) }
+                // Only unescaped raw copies the plaintext as it is; every other form ends each line itself.
+                if formatter.format == .raw, !formatter.escapingRaw, let last = lines.last, last != 0x0A { row.append(0x0A) }
             case .ack, .disconnect, .ping, .pong:
                 var note = plaintext[...]
                 switch type {
@@ -309,7 +304,7 @@ final class CaptureDecoder {
 
 /// A value from the wire made safe for a `key=value` field: escaped, spaces included.
 private func fieldValue(_ text: String) -> String {
-    PeerText.escaped(Array(text.utf8), limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
+    PeerText.printable(text.utf8, limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
 }
 
 extension Direction {

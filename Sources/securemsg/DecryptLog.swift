@@ -49,7 +49,8 @@ struct DecryptLog: ParsableCommand {
             }
         }
         let sink = OutputSink()
-        let decoder = CaptureDecoder(key: preSharedKey, keyLog: secrets, format: format, output: sink)
+        let decoder = CaptureDecoder(
+            key: preSharedKey, keyLog: secrets, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink)
         let reassembler = TCPReassembler(serverPort: UInt16(port))
         var lastTime = CaptureTimestamp.zero
         files: for path in captures {

@@ -64,6 +64,7 @@ struct Serve: ParsableCommand {
             configuration.port = port
             configuration.logPath = noLog ? nil : log
             configuration.format = format
+            configuration.stdoutIsTerminal = isatty(STDOUT_FILENO) == 1
             configuration.sync = sync
             configuration.maxConnections = maxConnections
             configuration.maxLineLength = maxLineBytes
