@@ -86,7 +86,19 @@ public final class Delivery: @unchecked Sendable {
         startOffset = outbox.firstHeld
     }
 
-    deinit { try? group.syncShutdownGracefully() }
+    deinit { close() }
+
+    private var closed = false
+
+    /// Ends the event loop thread. Call once `run` has returned, before the process exits: exiting with
+    /// that thread still running races the process's teardown (seen as a rare "double free" at exit).
+    public func close() {
+        let first: Bool = condition.withLock {
+            defer { closed = true }
+            return !closed
+        }
+        if first { try? group.syncShutdownGracefully() }
+    }
 
     /// SIGINT/SIGTERM: send no more, give outstanding ACKs `stopGrace` seconds, then `run` returns `.stopped`.
     public func stop() {
@@ -97,7 +109,10 @@ public final class Delivery: @unchecked Sendable {
         }
         outbox.wake()
         // A sender blocked on a full window, or a DISCONNECT never answered, must not hold the exit.
-        DispatchQueue.global().asyncAfter(deadline: .now() + configuration.stopGrace + 0.5) { connection?.abort() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + configuration.stopGrace + 0.5) { [weak self] in
+            guard let self else { return }
+            condition.withLock { if !closed { connection?.abort() } }  // never on a loop already shut down
+        }
     }
 
     private var isStopping: Bool { condition.withLock { stopping } }

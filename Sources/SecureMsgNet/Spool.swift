@@ -28,8 +28,9 @@ public final class Spool: @unchecked Sendable {
     private var dirtySegments: Set<Int32> = []
     private var lockFD: Int32 = -1
     private var ackedFD: Int32 = -1
-    private var syncing = false
     private var closing = false
+    private let syncThreadEnded = DispatchSemaphore(value: 0)
+    private var syncThreadStarted = false
     /// A new segment is started once the current one holds this much (so acknowledged lines are freed).
     public let segmentBytes: Int
 
@@ -177,7 +178,9 @@ public final class Spool: @unchecked Sendable {
                 syncedUpTo = target
             }
             lock.unlock()
+            syncThreadEnded.signal()
         }
+        syncThreadStarted = true
         thread.name = "securemsg-spool-sync"
         thread.start()
     }
@@ -237,11 +240,16 @@ public final class Spool: @unchecked Sendable {
         ftruncate(ackedFD, off_t(text.count))
     }
 
-    /// Stops the sync thread (lines appended since its last sync are written, not synced).
+    /// Stops the sync thread and waits for it (lines appended since its last sync are written, not
+    /// synced), then releases the lock file.
     public func close() {
-        lock.withLock {
-            closing = true
+        let wait: Bool = lock.withLock {
+            defer { closing = true }
             lock.signal()
+            return syncThreadStarted && !closing
+        }
+        if wait { syncThreadEnded.wait() }
+        lock.withLock {
             if lockFD >= 0 {
                 Foundation.close(lockFD)  // releases the flock: the spool is free for the next sender
                 lockFD = -1

@@ -63,6 +63,7 @@ extension ReplSession {
             delivery.stop()
         }
         finished.wait()
+        delivery.close()
         try report(outcome.withLock { $0 }!, delivery: delivery, outbox: outbox)
     }
 
@@ -84,6 +85,7 @@ extension ReplSession {
         let reader = InputReader(inputs: [("stdin", STDIN_FILENO)], outbox: outbox, recognizesDisconnectCommand: true)
         Thread.detachNewThread { reader.run() }
         let outcome = delivery.run()
+        delivery.close()
         if let failure = reader.failure {
             throw CommandFailure(message: failure + "; \(delivery.acknowledgedLines) lines acknowledged", exitCode: 2)
         }

@@ -87,6 +87,7 @@ struct Send: ParsableCommand {
         }
         let outcome = delivery.run()
         withExtendedLifetime(signals) {}
+        delivery.close()
         progress?.clear()
         spooled?.close()
 
