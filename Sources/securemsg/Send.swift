@@ -30,7 +30,7 @@ struct Send: ParsableCommand {
     var files: [String] = []
 
     /// Without a spool, unacknowledged lines are kept in memory, up to this much (then input waits).
-    static let memoryBytes = 64 << 20
+    static let memoryBytes = 32 << 20
     /// Seconds SIGINT/SIGTERM waits for outstanding acknowledgements.
     static let stopGrace = 5.0
 
