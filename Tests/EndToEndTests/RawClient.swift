@@ -49,14 +49,10 @@ final class RawSocket {
     /// Ignores SIGPIPE for the whole test process (writes to a closed peer must fail, not kill us).
     static let ignoreSIGPIPE: Void = { signal(SIGPIPE, SIG_IGN) }()
 
-    /// `receiveBuffer`: SO_RCVBUF before connecting (a small window: the server's writes back up).
-    init(port: Int, receiveBuffer: Int32? = nil) throws {
+    init(port: Int) throws {
         _ = Self.ignoreSIGPIPE
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RawSocketError.system("socket", errno) }
-        if var size = receiveBuffer {
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -178,8 +174,8 @@ final class RawClient {
     /// Events the session reported that no `pump` consumed yet.
     private(set) var events: [Session.Event] = []
 
-    init(port: Int, key: PreSharedKey, receiveBuffer: Int32? = nil) throws {
-        socket = try RawSocket(port: port, receiveBuffer: receiveBuffer)
+    init(port: Int, key: PreSharedKey) throws {
+        socket = try RawSocket(port: port)
         session = Session(role: .client, key: key)
         self.key = key
         clientHello = session.takeOutbound()
