@@ -24,8 +24,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// Set when a frame ends the session (a line over the limit): later frames of the same read are dropped.
     private var stopTakingFrames = false
     private var logWriteFailed = false
-    private var heartbeat: Heartbeat?
-    private var heartbeatTimer: Scheduled<Void>?
+    private var heartbeat: HeartbeatTimer?
     private var ended = false
     /// The client half-closed while some of its frames were still at the writer: end of stream is
     /// judged once they are logged and acknowledged (the ACKs can still reach a half-open socket).
@@ -82,8 +81,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         lingerTimer = nil
         closeTimer?.cancel()
         closeTimer = nil
-        heartbeatTimer?.cancel()
-        heartbeatTimer = nil
+        heartbeat?.cancel()
+        heartbeat = nil
     }
 
     /// The source slot, the memory charged and any budget wait: given back when the connection goes.
@@ -118,7 +117,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !ended else { return }
         let buffer = unwrapInboundIn(data)
-        if heartbeat != nil { heartbeat!.received(now: NIODeadline.now().uptimeNanoseconds) }
+        heartbeat?.received()
         let events: [Session.Event]
         do {
             events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
@@ -408,39 +407,24 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     private var lastFrameAt = NIODeadline.now()
 
-    // MARK: Heartbeat
-
+    /// PINGs after an interval of silence; the session ends (DISCONNECT code 5) after the timeout.
     private func startHeartbeat() {
-        heartbeat = Heartbeat(shared.configuration.heartbeat, now: NIODeadline.now().uptimeNanoseconds)
-        armHeartbeatTimer()
-    }
-
-    private func armHeartbeatTimer() {
-        guard let heartbeat, !ended else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        heartbeatTimer = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(heartbeat.nextCheck)) {
-            bound.value.heartbeatTimerFired()
-        }
-    }
-
-    private func heartbeatTimerFired() {
-        heartbeatTimer = nil  // it has fired (see cancelTimers)
-        guard !ended, heartbeat != nil else { return }
-        switch heartbeat!.check(now: NIODeadline.now().uptimeNanoseconds) {
-        case .none:
-            break
-        case .sendPing:
-            if session.state == .established || session.state == .disconnectReceived {
-                session.sendPing()
-                flushOutbound()
-            }
-        case .timedOut:
-            let error = session.heartbeatTimedOut()
-            flushOutbound()
-            fail("\(error) for \((Double(shared.configuration.heartbeat.timeoutNanoseconds) / 1e9).formatted()) s")
-            return
-        }
-        armHeartbeatTimer()
+        heartbeat = HeartbeatTimer(
+            shared.configuration.heartbeat, on: context.eventLoop,
+            ping: {
+                let handler = bound.value
+                guard !handler.ended, handler.session.state == .established || handler.session.state == .disconnectReceived else { return }
+                handler.session.sendPing()
+                handler.flushOutbound()
+            },
+            timedOut: {
+                let handler = bound.value
+                guard !handler.ended else { return }
+                let error = handler.session.heartbeatTimedOut()
+                handler.flushOutbound()
+                handler.fail("\(error) for \(handler.heartbeat?.timeoutDescription ?? "?") s")
+            })
     }
 
     private func idleTimerFired() {
@@ -542,8 +526,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         handshakeTimer = nil
         idleTimer?.cancel()
         idleTimer = nil
-        heartbeatTimer?.cancel()
-        heartbeatTimer = nil
+        heartbeat?.cancel()
         // Lines not yet formatted are dropped (never acknowledged); what is at the writer is released as it is written.
         pendingFrames.removeAll()
         pendingPlaintext = 0
