@@ -33,7 +33,7 @@ public struct Backoff: Sendable {
 
 /// One stderr line per retry, at most one every `interval` seconds (the first always): a server down
 /// for an hour costs a handful of lines, not thousands. Lines suppressed meanwhile are counted in the next.
-public struct RateLimitedReporter: Sendable {
+public struct RetryReporter: Sendable {
     public let interval: Double
     private var lastPrinted: Double = -.infinity
     private var suppressed = 0
@@ -41,7 +41,9 @@ public struct RateLimitedReporter: Sendable {
     public init(interval: Double = 10) { self.interval = interval }
 
     /// The line to print now, or nil to stay quiet.
-    public mutating func line(_ text: String, now: Double = monotonicSeconds()) -> String? {
+    public mutating func line(_ text: String) -> String? { line(text, now: monotonicSeconds()) }
+
+    public mutating func line(_ text: String, now: Double) -> String? {
         guard now - lastPrinted >= interval else {
             suppressed += 1
             return nil
@@ -56,10 +58,4 @@ public struct RateLimitedReporter: Sendable {
         lastPrinted = -.infinity
         suppressed = 0
     }
-}
-
-public func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

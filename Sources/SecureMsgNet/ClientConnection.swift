@@ -279,8 +279,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// When our DISCONNECT went out: the disconnect timeout runs from then (or from the last ACK).
     private var disconnectSentAt: NIODeadline?
     private var watchdog: RepeatedTask?
-    private var heartbeat: Heartbeat?
-    private var heartbeatTimer: Scheduled<Void>?
+    private var heartbeat: HeartbeatTimer?
 
     private let acknowledgementTimeout: TimeAmount
     private let disconnectTimeout: TimeAmount
@@ -331,7 +330,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        if heartbeat != nil { heartbeat!.received(now: NIODeadline.now().uptimeNanoseconds) }
+        heartbeat?.received()
         do {
             let events = try lock.withLock { try buffer.withUnsafeReadableBytes { try session.receive($0) } }
             for event in events { handle(event, context: context) }
@@ -427,7 +426,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         watchdog?.cancel()
-        heartbeatTimer?.cancel()
+        heartbeat?.cancel()
         let ended: Result<Int, Error> = lock.withLock {
             Result {
                 try session.receiveEndOfStream()
@@ -473,41 +472,30 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
         return .timeout("the server did not answer DISCONNECT within \(seconds(disconnectTimeout)) s")
     }
 
-    /// PING after the interval of silence, give up after the timeout (docs/PROTOCOL.md §8.4): how a client
+    /// PING after the interval of silence, give up after the timeout (docs/PROTOCOL.md §6.6): how a client
     /// learns of a server that vanished without a FIN or RST (a blackholed network).
     private func startHeartbeat(_ context: ChannelHandlerContext) {
-        heartbeat = Heartbeat(heartbeatConfiguration, now: NIODeadline.now().uptimeNanoseconds)
-        armHeartbeatTimer(context)
-    }
-
-    private func armHeartbeatTimer(_ context: ChannelHandlerContext) {
-        guard let heartbeat else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        heartbeatTimer = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(heartbeat.nextCheck)) {
-            bound.value.heartbeatTimerFired()
-        }
-    }
-
-    private func heartbeatTimerFired() {
-        guard let context, heartbeat != nil else { return }
-        switch heartbeat!.check(now: NIODeadline.now().uptimeNanoseconds) {
-        case .none:
-            break
-        case .sendPing:
-            let sent: Bool = lock.withLock {
-                guard session.state == .established || session.state == .disconnectReceived else { return false }
-                session.sendPing()
-                return true
-            }
-            if sent { flush(context) }
-        case .timedOut:
-            let error = lock.withLock { session.heartbeatTimedOut() }
-            flush(context)
-            let timeout = (Double(heartbeatConfiguration.timeoutNanoseconds) / 1e9).formatted()
-            fail(.timeout("\(error) for \(timeout) s: the server or the network is gone"), context: context)
-            return
-        }
-        armHeartbeatTimer(context)
+        heartbeat = HeartbeatTimer(
+            heartbeatConfiguration, on: context.eventLoop,
+            ping: {
+                let handler = bound.value
+                guard let context = handler.context else { return }
+                let sent: Bool = handler.lock.withLock {
+                    guard handler.session.state == .established || handler.session.state == .disconnectReceived else { return false }
+                    handler.session.sendPing()
+                    return true
+                }
+                if sent { handler.flush(context) }
+            },
+            timedOut: {
+                let handler = bound.value
+                guard let context = handler.context else { return }
+                let error = handler.lock.withLock { handler.session.heartbeatTimedOut() }
+                handler.flush(context)
+                let timeout = handler.heartbeat?.timeoutDescription ?? "?"
+                handler.fail(.timeout("\(error) for \(timeout) s: the server or the network is gone"), context: context)
+            })
     }
 
     /// Under `lock`: moves what the session queued (handshake messages, DISCONNECT) behind what is sealed.
@@ -534,7 +522,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private func finish(_ failure: ClientFailure?, context: ChannelHandlerContext) {
         watchdog?.cancel()
-        heartbeatTimer?.cancel()
+        heartbeat?.cancel()
         heartbeat = nil
         terminate(failure)
         context.close(promise: nil)

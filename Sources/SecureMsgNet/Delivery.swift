@@ -119,7 +119,7 @@ public final class Delivery: @unchecked Sendable {
 
     public func run() -> Outcome {
         var backoff = configuration.backoff
-        var reporter = RateLimitedReporter()
+        var reporter = RetryReporter()
         var failingSince: Double?
         while true {
             if isStopping { return .stopped }

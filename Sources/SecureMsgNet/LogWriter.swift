@@ -31,9 +31,6 @@ public final class LogWriter: @unchecked Sendable {
 
     private let condition = NSCondition()
     private var queue: [Record] = []
-    /// Per-session stderr lines, written by this thread too: an event loop never blocks on a slow
-    /// stderr pipe, and a burst of short sessions costs one write instead of one per session.
-    private var diagnosticLines: [UInt8] = []
     /// Records submitted and not yet taken, readable without the lock so the writer can spin on it.
     private let queued = Atomic<Int>(0)
     /// The writer is asleep on `condition` (only then does `submit` pay for a wake-up).
@@ -45,15 +42,16 @@ public final class LogWriter: @unchecked Sendable {
     private var hasStopped = false
 
     private let logPath: String?
+    private let logOptions: LogFileOptions
     private let sync: SyncPolicy
-    private let echoToStdout: Bool
+    /// The stdout echo: its own thread and bounded queue, so a stalled reader never holds up the log.
+    private let echo: StdoutEcho?
     /// Raw lines echoed to a terminal are escaped there (`MessageFormatter.escapedForTerminal`).
     private let escapeEcho: Bool
     private var logFD: Int32 = -1
     /// The open log file and its size, tracked here (this thread is its only writer) for the stream table.
     private var logIdentity = LogFileIdentity.none
     private var logSize: UInt64 = 0
-    private var stdoutBroken = false
     private let diagnostics: @Sendable (String) -> Void
     /// Offsets of every stream, committed with the lines (nil: no table, lines are not counted).
     public let streamTable: StreamTable?
@@ -66,20 +64,20 @@ public final class LogWriter: @unchecked Sendable {
         public init(path: String?) { self.path = path }
     }
 
-    /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first
-    /// message; opens the stream table and reconciles the two (a torn tail of either is cut back).
-    public init(
-        logPath: String?, sync: SyncPolicy, echoToStdout: Bool, escapeEcho: Bool = false,
-        streamTable: StreamTableConfiguration? = nil, faults: FaultInjector? = nil,
-        diagnostics: @escaping @Sendable (String) -> Void
-    ) throws {
+    /// Opens the log (append, create with the log mode, no symlink unless allowed) at once so a bad
+    /// path fails at startup, not at the first message; opens the stream table and reconciles the two
+    /// (a torn tail of either is cut back). `diagnostics` must not block (serve's queue).
+    public init(logPath: String?, logOptions: LogFileOptions = LogFileOptions(), sync: SyncPolicy, echoToStdout: Bool,
+                escapeEcho: Bool = false, streamTable: StreamTableConfiguration? = nil, faults: FaultInjector? = nil,
+                diagnostics: @escaping @Sendable (String) -> Void) throws {
         self.logPath = logPath
+        self.logOptions = logOptions
         self.sync = sync
-        self.echoToStdout = echoToStdout
+        self.echo = echoToStdout ? StdoutEcho(diagnostics: diagnostics) : nil
         self.escapeEcho = escapeEcho
         self.diagnostics = diagnostics
         self.faults = faults
-        if let logPath { logFD = try Self.open(logPath) }
+        if let logPath { logFD = try openLogFile(logPath, options: logOptions) }
         if let streamTable {
             let table = try StreamTable(path: streamTable.path, logFD: logFD, options: streamTable.options)
             if let note = table.recoveryNote { diagnostics("stream table \(streamTable.path ?? ""): \(note)") }
@@ -94,14 +92,6 @@ public final class LogWriter: @unchecked Sendable {
         thread.start()
     }
 
-    static func open(_ path: String) throws -> Int32 {
-        let fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            throw ServerError.logFile(path: path, reason: String(cString: strerror(errno)))
-        }
-        return fd
-    }
-
     /// Queues formatted lines; `completion` runs on the writer thread once they are written (and synced,
     /// and counted in the stream table as `stream.offset` when given).
     public func submit(_ bytes: [UInt8], stream: (key: StreamKey, offset: UInt64)? = nil, completion: @escaping Completion) {
@@ -112,14 +102,9 @@ public final class LogWriter: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Queues one line for stderr (in order with other diagnostics, soon, never on the caller's thread).
+    /// Queues one line for stderr (serve's bounded diagnostic queue: never blocks, drops when full).
     public func submitDiagnostic(_ line: String) {
-        condition.lock()
-        diagnosticLines.append(contentsOf: line.utf8)
-        diagnosticLines.append(0x0A)
-        queued.add(1, ordering: .releasing)
-        if writerAsleep { condition.signal() }
-        condition.unlock()
+        diagnostics(line)
     }
 
     /// SIGHUP: reopen the log path (after logrotate moved the old file away).
@@ -139,36 +124,31 @@ public final class LogWriter: @unchecked Sendable {
         stopped.lock()
         while !hasStopped { stopped.wait() }
         stopped.unlock()
+        echo?.close()
     }
 
     private func run() {
         var batch: [Record] = []
-        var diagnostics: [UInt8] = []
         while true {
             let idleSince = monotonicNanoseconds()
             spinForWork()
             condition.lock()
-            while queue.isEmpty && diagnosticLines.isEmpty && !reopenRequested && !stopping {
+            while queue.isEmpty && !reopenRequested && !stopping {
                 writerAsleep = true
                 condition.wait()
                 writerAsleep = false
             }
             queued.store(0, ordering: .relaxed)
             swap(&batch, &queue)
-            swap(&diagnostics, &diagnosticLines)
             spinNext = !batch.isEmpty && monotonicNanoseconds() - idleSince < Self.spinWhenGapBelowNanoseconds
             let reopen = reopenRequested
             reopenRequested = false
-            let stop = stopping && batch.isEmpty && diagnostics.isEmpty
+            let stop = stopping && batch.isEmpty
             condition.unlock()
 
             if reopen { reopenLog() }
             if !batch.isEmpty { write(batch) }
             batch.removeAll(keepingCapacity: true)
-            if !diagnostics.isEmpty {
-                _ = writeAll(STDERR_FILENO, diagnostics)
-                diagnostics.removeAll(keepingCapacity: true)
-            }
             if stop { break }
         }
         if logFD >= 0 {
@@ -257,16 +237,10 @@ public final class LogWriter: @unchecked Sendable {
     }
 
     private func writeOut(batch: [Record]) -> Bool {
-        if echoToStdout && !stdoutBroken {
-            let written =
-                escapeEcho
-                ? writeAll(STDOUT_FILENO, batch.lazy.map { MessageFormatter.escapedForTerminal(rawLines: $0.bytes) })
-                : writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes))
-            if !written {
-                // A closed stdout (e.g. `serve | head`) must not stop logging: the log file is the record.
-                stdoutBroken = true
-                diagnostics("stdout: \(String(cString: strerror(errno))); messages continue to the log file only")
-            }
+        if escapeEcho {
+            echo?.enqueue(batch.lazy.map { MessageFormatter.escapedForTerminal(rawLines: $0.bytes) })
+        } else {
+            echo?.enqueue(batch.lazy.map(\.bytes))
         }
         guard logFD >= 0 else { return true }
         let written = batch.reduce(0) { $0 + $1.bytes.count }
@@ -297,7 +271,7 @@ public final class LogWriter: @unchecked Sendable {
     private func reopenLog() {
         guard let logPath else { return }
         do {
-            let fd = try Self.open(logPath)
+            let fd = try openLogFile(logPath, options: logOptions)
             if logFD >= 0 {
                 _ = fdatasync(logFD)
                 Foundation.close(logFD)

@@ -18,7 +18,7 @@ import Testing
 
     /// The first line is printed, then at most one per interval, saying how many were held back.
     @Test func retryLinesAreRateLimited() {
-        var reporter = RateLimitedReporter(interval: 10)
+        var reporter = RetryReporter(interval: 10)
         #expect(reporter.line("a", now: 0) == "a")
         #expect(reporter.line("b", now: 1) == nil)
         #expect(reporter.line("c", now: 5) == nil)
