@@ -9,10 +9,12 @@ public final class FaultInjector: @unchecked Sendable {  // used by the writer t
         /// Half of the batch's log bytes written (a write torn by the crash).
         case logTorn = "log-torn"
         case logWritten = "log-written"
-        case logSynced = "log-synced"
         /// Half of the table group written.
         case tableTorn = "table-torn"
         case tableWritten = "table-written"
+        /// The log's fdatasync done (the table's runs at the same time).
+        case logSynced = "log-synced"
+        /// Both synced: next come the ACKs.
         case tableSynced = "table-synced"
     }
 

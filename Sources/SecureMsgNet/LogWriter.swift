@@ -182,12 +182,13 @@ public final class LogWriter: @unchecked Sendable {
     private static let spinWhenGapBelowNanoseconds = 100_000
 
     /// The order that keeps log and stream table consistent across a crash at any instant
-    /// (`StreamTableRecovery`): lines to the log, log synced (per policy), then the table group naming the
-    /// log's new size, table synced (per policy); only then the completions, which send the ACKs.
+    /// (`StreamTableRecovery`): lines to the log, then the table group naming the log's new size, then
+    /// (per policy) both fdatasync'd — at the same time, each on its own thread, so the table costs no
+    /// extra sync latency; only then the completions, which send the ACKs.
     private func write(_ batch: [Record]) {
         if sync == .always {
             for record in batch {
-                let ok = writeOut(batch: [record]) && syncLog() && commitStreams([record])
+                let ok = writeOut(batch: [record]) && commitStreams([record], syncing: true)
                 if !ok { cutUncountedTail() }
                 record.completion(ok)
             }
@@ -195,8 +196,7 @@ public final class LogWriter: @unchecked Sendable {
         }
         // One writev per destination for the whole batch: syscalls, not bytes, dominate small lines.
         var ok = writeOut(batch: batch)
-        if ok && sync == .batch { ok = syncLog() }
-        if ok { ok = commitStreams(batch) }
+        if ok { ok = commitStreams(batch, syncing: sync == .batch) }
         if !ok { cutUncountedTail() }
         for record in batch { record.completion(ok) }
     }
@@ -214,8 +214,9 @@ public final class LogWriter: @unchecked Sendable {
         logSize = counted
     }
 
-    private func commitStreams(_ batch: [Record]) -> Bool {
-        guard let streamTable else { return true }
+    /// Appends the batch's table group and, when `syncing`, fdatasyncs the log and the table together.
+    private func commitStreams(_ batch: [Record], syncing: Bool) -> Bool {
+        guard let streamTable else { return !syncing || syncLog() }
         var advanced: [StreamKey: UInt64] = [:]
         for record in batch {
             guard let stream = record.stream else { continue }
@@ -223,8 +224,9 @@ public final class LogWriter: @unchecked Sendable {
         }
         // Every byte this writer puts in the log is followed by a group counting it, even lines of no
         // stream: recovery cuts back whatever no group counts.
-        guard !advanced.isEmpty || logSize != streamTable.lastLogSize else { return true }
-        if streamTable.commit(advanced, log: logIdentity, logSize: logSize, sync: sync != .none, faults: faults) { return true }
+        guard !advanced.isEmpty || logSize != streamTable.lastLogSize else { return !syncing || syncLog() }
+        if streamTable.commit(advanced, log: logIdentity, logSize: logSize, sync: syncing, faults: faults,
+                              alongside: syncing ? { [self] in syncLog() } : nil) { return true }
         diagnostics("stream table \(streamTable.path ?? ""): write failed: \(String(cString: strerror(errno)))")
         return false
     }

@@ -73,7 +73,7 @@ public final class StreamTable: @unchecked Sendable {
         recoveryNote = notes.isEmpty ? nil : notes.joined(separator: "; ")
         streams.withLock { $0 = recovery.streams }
 
-        fd = Foundation.open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)  // appends go to the end even after a cut-back
         guard fd >= 0 else { throw ServerError.logFile(path: path, reason: "stream table: \(String(cString: strerror(errno)))") }
         guard ftruncate(fd, off_t(recovery.tableLength)) == 0, lseek(fd, 0, SEEK_END) >= 0 else {
             throw ServerError.logFile(path: path, reason: "stream table: \(String(cString: strerror(errno)))")
@@ -105,8 +105,11 @@ public final class StreamTable: @unchecked Sendable {
     /// Writer thread: appends one group (the log file's size after the batch and the streams it advanced),
     /// fdatasyncs it when `sync`, and only then makes the new offsets visible. False on a write error.
     @discardableResult
+    /// `alongside` (the log's fdatasync) runs on this thread while the table's fdatasync runs on another:
+    /// the two are independent (recovery drops a group durable before the log bytes it counts), and the
+    /// ACKs wait for both.
     func commit(_ advanced: [StreamKey: UInt64], log: LogFileIdentity, logSize: UInt64, sync: Bool,
-                faults: FaultInjector? = nil) -> Bool {
+                faults: FaultInjector? = nil, alongside: (() -> Bool)? = nil) -> Bool {
         let time = now()
         let entries = advanced.map { ($0.key, StreamEntry(offset: $0.value, lastSeen: time)) }
         var bytes: [UInt8] = []
@@ -116,10 +119,33 @@ public final class StreamTable: @unchecked Sendable {
                 _ = writeAll(fd, Array(bytes.prefix(torn)))
                 faults?.fire()
             }
-            guard writeAll(fd, bytes) else { return false }
+            guard writeAll(fd, bytes) else {
+                _ = ftruncate(fd, off_t(fileLength))  // a partial group: gone, so later groups follow whole ones
+                return false
+            }
         }
         faults?.at(.tableWritten)
-        if sync && fd >= 0 { guard fdatasync(fd) == 0 else { return false } }
+        var synced = true
+        if sync && fd >= 0 {
+            let tableSynced = DispatchSemaphore(value: 0)
+            let result = Mutex(Int32(0))
+            let fd = self.fd
+            DispatchQueue.global(qos: .userInitiated).async {
+                let r = fdatasync(fd)
+                result.withLock { $0 = r }
+                tableSynced.signal()
+            }
+            if let alongside { synced = alongside() }
+            tableSynced.wait()
+            synced = synced && result.withLock { $0 } == 0
+        } else if let alongside {
+            synced = alongside()
+        }
+        guard synced else {
+            // Not acknowledged: the group must not count these lines later either.
+            if fd >= 0 { _ = ftruncate(fd, off_t(fileLength)) }
+            return false
+        }
         faults?.at(.tableSynced)
         fileLength += bytes.count
         lastLogSize = logSize
@@ -154,7 +180,7 @@ public final class StreamTable: @unchecked Sendable {
         var bytes = StreamTableFormat.magic
         StreamTableFormat.encode(.init(log: log, logSize: logSize, entries: kept), into: &bytes)
         let temporary = path + ".tmp"
-        let newFD = Foundation.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let newFD = Foundation.open(temporary, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard newFD >= 0 else { return }
         guard writeAll(newFD, bytes), fdatasync(newFD) == 0, rename(temporary, path) == 0 else {
             Foundation.close(newFD)

@@ -65,7 +65,8 @@ struct Send: ParsableCommand {
                 throw CommandFailure(message: "\(error)", exitCode: 2)
             }
         } else {
-            outbox = Outbox(maximumBytes: Self.memoryBytes)
+            // Without --retry nothing is ever sent twice: lines need not stay once they are sent.
+            outbox = Outbox(maximumBytes: Self.memoryBytes, keepsSentLines: retry || retryFor != nil)
         }
         let started = Date()
         let progress = isatty(STDERR_FILENO) == 1 ? ProgressLine() : nil

@@ -140,3 +140,23 @@ func drain(_ outbox: Outbox, from offset: UInt64) -> (bytes: [UInt8], end: UInt6
         first.close()
     }
 }
+
+@Suite struct OutboxWithoutResendTests {
+    /// An outbox that keeps no sent lines (send without --retry) lets a batch go once handed out: its
+    /// bound then counts only lines not yet sent, and acknowledging them later changes nothing twice.
+    @Test func sentLinesAreLetGoWhenTheyWillNeverBeResent() throws {
+        let outbox = Outbox(maximumBytes: 100, keepsSentLines: false)
+        try outbox.append(batch("k", 0..<10), lineCount: 10)  // 40 bytes
+        try outbox.append(batch("k", 10..<20), lineCount: 10)  // 50 bytes
+        #expect(outbox.heldBytes == 90)
+        #expect(outbox.chunk(from: 0)?.bytes == batch("k", 0..<10))
+        #expect(outbox.heldBytes == 50)
+        try outbox.append(batch("k", 20..<25), lineCount: 5)  // fits only because the first batch went
+        outbox.acknowledge(upTo: 10)
+        #expect(outbox.heldBytes == 75)
+        outbox.finishInput()
+        #expect(drain(outbox, from: 10).bytes == batch("k", 10..<25))
+        outbox.acknowledge(upTo: 25)
+        #expect(outbox.heldBytes == 0 && outbox.isDrained)
+    }
+}
