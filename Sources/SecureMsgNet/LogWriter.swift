@@ -42,6 +42,7 @@ public final class LogWriter: @unchecked Sendable {
     private var hasStopped = false
 
     private let logPath: String?
+    private let logMode: mode_t
     private let sync: SyncPolicy
     private let echoToStdout: Bool
     private var logFD: Int32 = -1
@@ -49,20 +50,28 @@ public final class LogWriter: @unchecked Sendable {
     private let diagnostics: @Sendable (String) -> Void
 
     /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first message.
-    public init(logPath: String?, sync: SyncPolicy, echoToStdout: Bool, diagnostics: @escaping @Sendable (String) -> Void) throws {
+    public init(logPath: String?, mode: mode_t = 0o600, sync: SyncPolicy, echoToStdout: Bool,
+                diagnostics: @escaping @Sendable (String) -> Void) throws {
         self.logPath = logPath
+        self.logMode = mode
         self.sync = sync
         self.echoToStdout = echoToStdout
         self.diagnostics = diagnostics
-        if let logPath { logFD = try Self.open(logPath) }
+        if let logPath { logFD = try Self.open(logPath, mode: mode) }
         let thread = Thread { [unowned self] in self.run() }
         thread.name = "securemsg-log-writer"
         self.thread = thread
         thread.start()
     }
 
-    static func open(_ path: String) throws -> Int32 {
-        let fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+    /// A file it creates gets exactly `mode` (--log-mode), whatever the umask; an existing file keeps its own.
+    static func open(_ path: String, mode: mode_t) throws -> Int32 {
+        var fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        if fd >= 0 {
+            _ = fchmod(fd, mode)
+        } else if errno == EEXIST {
+            fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        }
         guard fd >= 0 else {
             throw ServerError.logFile(path: path, reason: String(cString: strerror(errno)))
         }
@@ -204,7 +213,7 @@ public final class LogWriter: @unchecked Sendable {
     private func reopenLog() {
         guard let logPath else { return }
         do {
-            let fd = try Self.open(logPath)
+            let fd = try Self.open(logPath, mode: logMode)
             if logFD >= 0 {
                 _ = fdatasync(logFD)
                 Foundation.close(logFD)

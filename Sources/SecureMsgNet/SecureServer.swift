@@ -52,11 +52,11 @@ struct WallClock: Sendable {
 public final class SecureServer: Sendable {
     private let shared: ServerShared
     private let group: MultiThreadedEventLoopGroup
-    private let listener = NIOLockedValueBox<Channel?>(nil)
+    private let listeners = NIOLockedValueBox<[Channel]>([])
 
     public init(configuration: ServerConfiguration) throws {
         let writer = try LogWriter(
-            logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
+            logPath: configuration.logPath, mode: configuration.logMode, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
             diagnostics: { StandardError.line("securemsg serve: \($0)") })
         shared = ServerShared(configuration: configuration, writer: writer)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
@@ -83,24 +83,39 @@ public final class SecureServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id))
                 }
             }
-        let channel: Channel
-        do {
-            channel = try bootstrap.bind(host: shared.configuration.host, port: shared.configuration.port).wait()
-        } catch {
-            throw ServerError.bind("cannot listen on \(shared.configuration.host):\(shared.configuration.port): \(error)")
+        var channels: [Channel] = []
+        if shared.configuration.listeningDescriptors.isEmpty {
+            do {
+                channels = [try bootstrap.bind(host: shared.configuration.host, port: shared.configuration.port).wait()]
+            } catch {
+                throw ServerError.bind(
+                    "cannot listen on \(formatHostPort(shared.configuration.host, shared.configuration.port)): \(plainDescription(of: error))\(bindHint(for: error))")
+            }
+        } else {
+            // Socket activation: the sockets are bound and listening already (SocketActivation).
+            for fd in shared.configuration.listeningDescriptors {
+                do {
+                    channels.append(try bootstrap.withBoundSocket(fd).wait())
+                } catch {
+                    for channel in channels { channel.close(promise: nil) }
+                    throw ServerError.bind("cannot serve passed socket \(fd): \(plainDescription(of: error))")
+                }
+            }
         }
-        listener.withLockedValue { $0 = channel }
-        let address = channel.localAddress!
-        StandardError.line("listening on \(formatPeer(address))")
-        return address
+        listeners.withLockedValue { $0 = channels }
+        for channel in channels { StandardError.line("listening on \(formatPeer(channel.localAddress))") }
+        return channels[0].localAddress!
     }
+
+    /// Where serve listens, as it prints it (`127.0.0.1:5050`, `[::1]:5050`).
+    public var listeningAddresses: [String] { listeners.withLockedValue { $0.map { formatPeer($0.localAddress) } } }
 
     /// SIGHUP: reopen the log file.
     public func reopenLog() { shared.writer.requestReopen() }
 
     /// Stops accepting, lets every session finish (ACK what is logged, DISCONNECT), flushes the log.
     public func shutdown() {
-        if let channel = listener.withLockedValue({ $0 }) { try? channel.close().wait() }
+        for channel in listeners.withLockedValue({ $0 }) { try? channel.close().wait() }
         for channel in shared.registry.all {
             channel.pipeline.fireUserInboundEventTriggered(ShutdownRequest())
         }
@@ -114,7 +129,8 @@ public final class SecureServer: Sendable {
     }
 
     /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log.
-    public func runUntilSignalled() {
+    /// `notifier` tells a service manager RELOADING=1 / READY=1 around SIGHUP and STOPPING=1 (SystemdNotifier).
+    public func runUntilSignalled(notifier: SystemdNotifier? = nil) {
         let done = DispatchSemaphore(value: 0)
         let queue = DispatchQueue(label: "securemsg-signals")
         var sources: [DispatchSourceSignal] = []
@@ -123,7 +139,9 @@ public final class SecureServer: Sendable {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler { [self] in
                 if sig == SIGHUP {
+                    notifier?.notify(SystemdNotifier.reloadingFields())
                     reopenLog()
+                    notifier?.notify(["READY=1"])
                 } else {
                     StandardError.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
                     done.signal()
@@ -133,6 +151,7 @@ public final class SecureServer: Sendable {
             sources.append(source)
         }
         done.wait()
+        notifier?.notify(["STOPPING=1"])
         shutdown()
         withExtendedLifetime(sources) {}
     }

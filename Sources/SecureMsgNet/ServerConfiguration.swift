@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import SecureMsgCore
 
@@ -26,6 +27,10 @@ public struct ServerConfiguration: Sendable {
     public static let defaultThreads = max(1, System.coreCount / 2)
     public var threads = ServerConfiguration.defaultThreads
     public var verbose = false
+    /// Listening sockets passed by a service manager (SocketActivation); when set, host and port are not bound.
+    public var listeningDescriptors: [Int32] = []
+    /// Mode of a log file serve creates (an existing file keeps its own).
+    public var logMode: mode_t = 0o600
 
     public init(key: PreSharedKey) { self.key = key }
 }

@@ -14,7 +14,7 @@ struct DecryptLog: ParsableCommand {
             object per row (jsonl), or the DATA lines alone (raw). Frames that fail authentication, gaps, \
             connections whose handshake is not in the capture, key mismatches and non-securemsg traffic are \
             reported on stderr, followed by a summary. Exit status: 0 when everything found was decrypted \
-            and authenticated, 1 otherwise, 2 for bad input (key, unreadable file, not a capture).
+            and authenticated, 1 otherwise (also when no connection used --port), 2 for bad input (key, unreadable file, not a capture).
             """)
 
     @OptionGroup var key: KeyOptions
@@ -83,7 +83,8 @@ struct DecryptLog: ParsableCommand {
                     + (statistics.otherPortSkipped > 0 ? " (\(statistics.otherPortSkipped) TCP on other ports: see --port)" : ""))
         }
         sink.diagnostic(Self.summary(counts))
-        if counts.failures > 0 { throw ExitCode(1) }
+        // Nothing matched --port: most likely the wrong port, not a clean capture; a script must see it.
+        if counts.failures > 0 || counts.connections == 0 { throw ExitCode(1) }
     }
 
     static func summary(_ c: CaptureDecoder.Counts) -> String {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import NIOCore
 import SecureMsgCore
 import SecureMsgNet
@@ -11,14 +12,25 @@ struct Serve: ParsableCommand {
         abstract: "Receive encrypted lines: print them, append them to a log, acknowledge them.",
         discussion: """
             Prints `listening on HOST:PORT` to stderr once bound. SIGINT/SIGTERM: stop accepting, \
-            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file.
+            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file. \
+            Under systemd: READY=1, RELOADING=1 and STOPPING=1 go to NOTIFY_SOCKET (Type=notify), and \
+            sockets passed with LISTEN_FDS (socket activation) are served instead of --host/--port. \
+            The default log is server_logs.txt in $LOGS_DIRECTORY, else $STATE_DIRECTORY, else the working \
+            directory.
             """)
 
-    @Option(help: "Address to listen on (IPv4 or IPv6).") var host = "127.0.0.1"
+    @Option(help: "Address to listen on: IPv4, IPv6 (with or without [ ]) or a name.") var host = "127.0.0.1"
     @Option(help: "Port (0 picks a free one).") var port = 5050
     @OptionGroup var key: KeyOptions
-    @Option(help: ArgumentHelp("Log file, appended to.", valueName: "path")) var log = "server_logs.txt"
+    @Option(help: ArgumentHelp(
+        "Log file, appended to; - writes the lines to stdout only. (default: server_logs.txt in $LOGS_DIRECTORY, else $STATE_DIRECTORY, else the working directory)",
+        valueName: "path"))
+    var log: String?
     @Flag(help: "Do not write a log file (stdout only).") var noLog = false
+    @Option(help: ArgumentHelp("Permission bits of a log file serve creates (e.g. 0640 for a log group); an existing file keeps its own.", valueName: "octal"))
+    var logMode = FileMode(0o600)
+    @Flag(inversion: .prefixedNo, help: "Print each line on stdout too (--no-echo under a journal, which would get every line twice).")
+    var echo = true
     @Option(help: "Output format for stdout and the log: text, jsonl or raw.") var format: OutputFormat = .text
     @Option(help: "When an ACK may be sent: none (after write), batch (after one fdatasync per batch), always (fdatasync per frame).")
     var sync: SyncPolicy = .batch
@@ -27,41 +39,64 @@ struct Serve: ParsableCommand {
     var maxLineBytes = Wire.maximumLineLength
     @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 10
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
-    @Option(help: "Event loop threads (default: one per two cores).") var threads = ServerConfiguration.defaultThreads
+    @Option(help: ArgumentHelp("Event loop threads (default: one per two cores).", valueName: "n"))
+    var threads: Int?
     @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
 
     func validate() throws {
+        _ = try HostArgument.parse(host)
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (1...Wire.maximumLineLength).contains(maxLineBytes) else {
             throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
         }
-        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0 else {
+        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, (threads ?? 1) > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
+        if log == "-" && !echo { throw ValidationError("--log - writes the lines to stdout, which --no-echo turns off") }
+        if noLog && !echo { throw ValidationError("--no-log with --no-echo would drop every line") }
+        if logMode.bits & 0o002 != 0 { throw ValidationError("--log-mode \(logMode): a log others can write is a log anyone can forge") }
+    }
+
+    /// nil: no log file (--no-log, or --log -, where stdout is the log).
+    var logPath: String? {
+        if noLog || log == "-" { return nil }
+        return log ?? ServiceDirectories.defaultLogPath()
     }
 
     func run() throws {
         try Self.run("serve") {
             var configuration = ServerConfiguration(key: try key.load(createIfMissing: true))
-            configuration.host = host
+            configuration.host = try HostArgument.parse(host)
             configuration.port = port
-            configuration.logPath = noLog ? nil : log
+            configuration.logPath = logPath
+            configuration.logMode = logMode.bits
+            configuration.echoToStdout = echo
             configuration.format = format
             configuration.sync = sync
             configuration.maxConnections = maxConnections
             configuration.maxLineLength = maxLineBytes
             configuration.handshakeTimeout = .seconds(Int64(handshakeTimeout))
             configuration.idleTimeout = .seconds(Int64(idleTimeout))
-            configuration.threads = threads
+            configuration.threads = threads ?? ServerConfiguration.defaultThreads
             configuration.verbose = verbose
+            do {
+                configuration.listeningDescriptors = try SocketActivation.listeningDescriptors()
+            } catch {
+                throw CommandFailure(message: "\(error)", exitCode: 2)
+            }
+            let notifier = SystemdNotifier()
             let server: SecureServer
             do {
                 server = try SecureServer(configuration: configuration)
                 try server.start()
             } catch let error as ServerError {
+                notifier.notify(["STATUS=\(error.description)", "ERRNO=1"])
                 throw CommandFailure(message: error.description, exitCode: 1)
             }
-            server.runUntilSignalled()
+            if let failure = notifier.notify(["READY=1", "STATUS=listening on \(server.listeningAddresses.joined(separator: ", "))"]) {
+                StandardError.line("securemsg serve: NOTIFY_SOCKET: \(failure)")
+            }
+            server.runUntilSignalled(notifier: notifier)
         }
     }
 }
