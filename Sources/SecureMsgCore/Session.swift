@@ -42,6 +42,10 @@ public final class Session {
     private var assembler = UnitAssembler()
     private var outbound: [UInt8] = []
 
+    /// Memory held for a partial handshake message or frame until the rest arrives (about one frame at
+    /// most; 0 between units): what a driver charges against its memory budget for this session's input.
+    public var bufferedInputBytes: Int { assembler.pendingMemory }
+
     // Client: DATA frames in flight, oldest first, as (sequence, line count).
     private var inFlight: [(sequence: UInt64, lines: Int)] = []
     private var inFlightHead = 0

@@ -8,10 +8,14 @@ public struct ClientOptions: Sendable {
     public var host = "127.0.0.1"
     public var port = 5050
     public var key: PreSharedKey
-    /// TCP connect plus handshake.
+    /// TCP connect plus handshake, together.
     public var connectTimeout: TimeAmount = .seconds(10)
     /// Time without any ACK while lines are outstanding before giving up.
     public var acknowledgementTimeout: TimeAmount = .seconds(60)
+    /// Time for the server to answer our DISCONNECT once every line is acknowledged (while lines are
+    /// outstanding, `acknowledgementTimeout` applies): a server that acknowledges everything and never
+    /// answers must not hold the client forever.
+    public var disconnectTimeout: TimeAmount = .seconds(10)
     /// Unacknowledged plaintext bytes allowed in flight: keeps the pipe full while the server logs.
     /// An ACK waits for the server's fdatasync, which now and then takes tens of milliseconds; 16 MiB
     /// lets sealing go on meanwhile (8 MiB: 1000-byte lines 15–20% slower with `--sync batch`).
@@ -20,11 +24,14 @@ public struct ClientOptions: Sendable {
     public init(key: PreSharedKey) { self.key = key }
 }
 
-/// Why a client session ended badly. Descriptions are one line and never contain key material.
+/// Why a client session ended badly. Descriptions are one line, never contain key material, and show
+/// text the server chose (a DISCONNECT reason) only escaped and cut (`PeerText.printable`), so they
+/// are safe to print on a terminal as they are.
 public enum ClientFailure: Error, Sendable, CustomStringConvertible {
     case connect(String)
     case timeout(String)
     case protocolError(ProtocolError)
+    /// `reason` is the server's text as it arrived: never print it but through `description`.
     case closedByServer(reason: String)
     case connectionLost
     case unacknowledged(Int)
@@ -34,7 +41,7 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
         case .connect(let what): what
         case .timeout(let what): what
         case .protocolError(let error): "\(error)"
-        case .closedByServer(let reason): "server ended the session" + (reason.isEmpty ? "" : ": \(reason)")
+        case .closedByServer(let reason): "server ended the session" + (reason.isEmpty ? "" : ": \(PeerText.printable(reason.utf8))")
         case .connectionLost: "connection lost: the server went away"
         case .unacknowledged(let n): "server closed with \(n) line\(n == 1 ? "" : "s") unacknowledged"
         }
@@ -77,13 +84,18 @@ public final class ClientConnection: @unchecked Sendable {
         let ownedGroup = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         self.ownedGroup = ownedGroup
         let loop = (group ?? ownedGroup!).next()
+        // One deadline for the TCP connect and the handshake: a server that accepts and then stalls
+        // (silent, or a ServerHello cut short) gets what is left of the connect timeout, not as much again.
+        let deadline = NIODeadline.now() + options.connectTimeout
         let created = NIOLockedValueBox<ClientSessionHandler?>(nil)
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(options.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = ClientSessionHandler(key: options.key, acknowledgementTimeout: options.acknowledgementTimeout)
+                    let handler = ClientSessionHandler(
+                        key: options.key, acknowledgementTimeout: options.acknowledgementTimeout,
+                        disconnectTimeout: options.disconnectTimeout)
                     // Kept here, not looked up in the pipeline later: a fast failure (key mismatch) may
                     // tear the pipeline down before `attach`, and its reason must not be lost.
                     created.withLockedValue { $0 = handler }
@@ -102,13 +114,14 @@ public final class ClientConnection: @unchecked Sendable {
         self.handler = handler
         try? attached.wait()
 
-        // Wait for the handshake (or its failure) within the connect timeout.
-        let deadline = Date(timeIntervalSinceNow: Double(options.connectTimeout.nanoseconds) / 1e9)
+        // Wait for the handshake (or its failure) until the connect deadline.
+        let handshakeDeadline = Date(timeIntervalSinceNow: Double(max(0, (deadline - .now()).nanoseconds)) / 1e9)
         condition.lock()
         while !handshakeDone && !terminated {
-            if !condition.wait(until: deadline) { break }
+            if !condition.wait(until: handshakeDeadline) { break }
         }
-        let result: ClientFailure? = handshakeDone ? nil : (failure ?? .timeout("no handshake from \(options.host):\(options.port) within the connect timeout"))
+        let result: ClientFailure? = handshakeDone ? nil : (failure ?? .timeout(
+            "no handshake from \(options.host):\(options.port) within the connect timeout (\(seconds(options.connectTimeout)) s)"))
         condition.unlock()
         if let result {
             channel.close(promise: nil)
@@ -137,7 +150,9 @@ public final class ClientConnection: @unchecked Sendable {
         handler.sendFromAnyThread(lines, lineCount: lineCount, channel: channel)
     }
 
-    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged.
+    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged. The
+    /// wait is bounded: by the acknowledgement timeout while lines are outstanding, then by the
+    /// disconnect timeout.
     public func finish() throws(ClientFailure) {
         let handler = self.handler!
         channel.eventLoop.execute { handler.disconnect() }
@@ -190,6 +205,9 @@ public final class ClientConnection: @unchecked Sendable {
     }
 }
 
+/// Whole seconds of a timeout, for messages.
+func seconds(_ amount: TimeAmount) -> Int64 { amount.nanoseconds / 1_000_000_000 }
+
 private func describeConnectError(_ error: Error) -> String { plainDescription(of: error) }
 
 /// Drives the client `Session`. Two threads use it: the event loop (reads, ACKs, timers, the DISCONNECT
@@ -215,13 +233,17 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private var connection: ClientConnection?
     private var context: ChannelHandlerContext?
     private var wantDisconnect = false
+    /// When our DISCONNECT went out: the disconnect timeout runs from then (or from the last ACK).
+    private var disconnectSentAt: NIODeadline?
     private var watchdog: RepeatedTask?
 
     private let acknowledgementTimeout: TimeAmount
+    private let disconnectTimeout: TimeAmount
 
-    init(key: PreSharedKey, acknowledgementTimeout: TimeAmount) {
+    init(key: PreSharedKey, acknowledgementTimeout: TimeAmount, disconnectTimeout: TimeAmount) {
         session = Session(role: .client, key: key)
         self.acknowledgementTimeout = acknowledgementTimeout
+        self.disconnectTimeout = disconnectTimeout
     }
 
     /// Events can arrive before the connection object is attached (a fast server answers the hello
@@ -343,7 +365,10 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             session.disconnect()
             return true
         }
-        if sent { flush(context) }
+        if sent {
+            disconnectSentAt = .now()
+            flush(context)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -369,17 +394,28 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
         fail(.connectionLost, context: context)
     }
 
+    /// Once a second, from the handshake on: every state in which the client waits on the server has a
+    /// bound. Lines outstanding: an ACK within the acknowledgement timeout. Everything acknowledged and
+    /// our DISCONNECT sent: the answer within the disconnect timeout. (Established with nothing
+    /// outstanding, the client waits on its own input, not on the server.)
     private func startWatchdog(_ context: ChannelHandlerContext) {
-        let timeout = acknowledgementTimeout
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
             let handler = bound.value
-            let stalled = handler.lock.withLock {
-                handler.session.unacknowledgedLines > 0 && NIODeadline.now() - handler.lastProgress > timeout
-            }
-            guard stalled, let context = handler.context else { return }
-            handler.fail(.timeout("no acknowledgement from the server for \(timeout.nanoseconds / 1_000_000_000) s"), context: context)
+            guard let failure = handler.overdue(now: .now()), let context = handler.context else { return }
+            handler.fail(failure, context: context)
         }
+    }
+
+    /// What the client has waited on for too long, if anything (event loop only).
+    private func overdue(now: NIODeadline) -> ClientFailure? {
+        let (unacknowledged, lastProgress) = lock.withLock { (session.unacknowledgedLines, self.lastProgress) }
+        if unacknowledged > 0 {
+            guard now - lastProgress > acknowledgementTimeout else { return nil }
+            return .timeout("no acknowledgement from the server for \(seconds(acknowledgementTimeout)) s")
+        }
+        guard let disconnectSentAt, now - max(disconnectSentAt, lastProgress) > disconnectTimeout else { return nil }
+        return .timeout("the server did not answer DISCONNECT within \(seconds(disconnectTimeout)) s")
     }
 
     /// Under `lock`: moves what the session queued (handshake messages, DISCONNECT) behind what is sealed.

@@ -11,11 +11,23 @@ final class ServerShared: Sendable {
     let formatter: MessageFormatter
     let registry = ConnectionRegistry()
     let clock = WallClock()
+    let diagnostics: DiagnosticQueue
+    /// Refusals and accept errors: one line per reason per second, with the count of those skipped.
+    let refusals: RateLimitedReporter
+    let sources: SourceLimiter
+    let budget: MemoryBudget
+    /// Formats the slices of frames with many lines (see ServerSessionHandler.formatPending), off the event loops.
+    let formatting = NIOThreadPool(numberOfThreads: 1)
 
-    init(configuration: ServerConfiguration, writer: LogWriter) {
+    init(configuration: ServerConfiguration, writer: LogWriter, diagnostics: DiagnosticQueue) {
         self.configuration = configuration
         self.writer = writer
         self.formatter = MessageFormatter(format: configuration.format)
+        self.diagnostics = diagnostics
+        self.refusals = RateLimitedReporter { [diagnostics] in diagnostics.line($0) }
+        self.sources = SourceLimiter(limit: configuration.maxUnauthenticatedPerSource)
+        self.budget = MemoryBudget(limit: configuration.maxBufferedBytes)
+        formatting.start()
     }
 }
 
@@ -55,32 +67,66 @@ public final class SecureServer: Sendable {
     private let listeners = NIOLockedValueBox<[Channel]>([])
 
     public init(configuration: ServerConfiguration) throws {
+        var configuration = configuration
+        let descriptors = DescriptorLimit.raise()
+        let connections = DescriptorLimit.connectionLimit(configured: configuration.maxConnections, soft: descriptors.soft)
+        if connections < configuration.maxConnections {
+            StandardError.line(
+                "securemsg serve: open files limit \(descriptors.soft)\(descriptors.raisedFrom.map { " (raised from \($0))" } ?? "")"
+                    + ": at most \(connections) connections (--max-connections \(configuration.maxConnections))")
+            configuration.maxConnections = connections
+        }
+        let diagnostics = DiagnosticQueue()
         let writer = try LogWriter(
-            logPath: configuration.logPath, mode: configuration.logMode, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
-            diagnostics: { StandardError.line("securemsg serve: \($0)") })
-        shared = ServerShared(configuration: configuration, writer: writer)
+            logPath: configuration.logPath, logOptions: configuration.logFile, sync: configuration.sync,
+            echoToStdout: configuration.echoToStdout, escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
+            diagnostics: { diagnostics.line($0.hasPrefix("securemsg serve: ") ? $0 : "securemsg serve: \($0)") })
+        shared = ServerShared(configuration: configuration, writer: writer, diagnostics: diagnostics)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
     }
+
+    /// The connection limit in force (`--max-connections`, lowered to what the descriptors allow).
+    public var maxConnections: Int { shared.configuration.maxConnections }
 
     /// Binds and starts accepting. Returns the bound address (the real port when asked for port 0).
     @discardableResult
     public func start() throws -> SocketAddress {
         let shared = self.shared
         let bootstrap = ServerBootstrap(group: group)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause { error in
+                        shared.refusals.report("accept", "securemsg serve: accept: \(error); pausing accepts for 100 ms")
+                    })
+                }
+            }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelOption(
+                .writeBufferWaterMark,
+                value: .init(low: shared.configuration.maxOutboundBytesPerConnection / 2, high: shared.configuration.maxOutboundBytesPerConnection))
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 1 << 20))
             .childChannelInitializer { channel in
+                // Refusals cost a lock and a counter; their stderr lines are rate-limited (see `refusals`).
+                let source = sourceAddress(channel.remoteAddress)
+                guard let slot = shared.sources.acquire(source) else {
+                    shared.refusals.report(
+                        "per-source",
+                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: \(shared.configuration.maxUnauthenticatedPerSource) connections from \(source) not yet authenticated (--max-unauthenticated-per-source)")
+                    return channel.close()
+                }
                 guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
-                    StandardError.line(
+                    slot.release()
+                    shared.refusals.report(
+                        "connection limit",
                         "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
                     return channel.close()
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id))
+                    try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id, sourceSlot: slot))
                 }
             }
         var channels: [Channel] = []
@@ -126,6 +172,9 @@ public final class SecureServer: Sendable {
         while shared.registry.count > 0 && NIODeadline.now() < closeDeadline { usleep(10_000) }
         shared.writer.close()
         try? group.syncShutdownGracefully()
+        try? shared.formatting.syncShutdownGracefully()
+        shared.refusals.flush()
+        shared.diagnostics.close()
     }
 
     /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log.
@@ -143,7 +192,7 @@ public final class SecureServer: Sendable {
                     reopenLog()
                     notifier?.notify(["READY=1"])
                 } else {
-                    StandardError.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
+                    shared.diagnostics.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
                     done.signal()
                 }
             }

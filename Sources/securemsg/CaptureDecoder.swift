@@ -71,9 +71,10 @@ final class CaptureDecoder {
     private(set) var counts = Counts()
     private var row: [UInt8] = []
 
-    init(key: PreSharedKey, format: OutputFormat, output: OutputSink) {
+    /// `escapingRaw`: stdout is a terminal, where `raw` lines are escaped as in `text`.
+    init(key: PreSharedKey, format: OutputFormat, escapingRaw: Bool = false, output: OutputSink) {
         preSharedKey = key
-        formatter = MessageFormatter(format: format)
+        formatter = MessageFormatter(format: format, escapingRaw: escapingRaw)
         self.output = output
     }
 
@@ -164,7 +165,8 @@ final class CaptureDecoder {
                 if let last = plaintext.last, last != 0x0A { lineCount += 1 }
                 counts.lines += lineCount
                 formatter.append(lines: plaintext, context: context, to: &row)
-                if formatter.format == .raw, let last = plaintext.last, last != 0x0A { row.append(0x0A) }
+                // Only unescaped raw copies the plaintext as it is; every other form ends each line itself.
+                if formatter.format == .raw, !formatter.escapingRaw, let last = plaintext.last, last != 0x0A { row.append(0x0A) }
             case .ack, .disconnect:
                 if type == .ack { counts.acks += 1 } else { counts.disconnects += 1 }
                 if formatter.format != .raw {

@@ -10,11 +10,13 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Seconds allowed for connecting and the handshake.") var connectTimeout = 10
     @Option(help: "Seconds without an acknowledgement, while lines are outstanding, before giving up.")
     var ackTimeout = 60
+    @Option(help: "Seconds for the server to answer DISCONNECT once every line is acknowledged.")
+    var disconnectTimeout = 10
 
     func validate() throws {
         _ = try HostArgument.parse(host)
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
-        guard connectTimeout > 0, ackTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        guard connectTimeout > 0, ackTimeout > 0, disconnectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
     }
 
     func clientOptions() throws -> ClientOptions {
@@ -23,6 +25,7 @@ struct ConnectionOptions: ParsableArguments {
         options.port = port
         options.connectTimeout = .seconds(Int64(connectTimeout))
         options.acknowledgementTimeout = .seconds(Int64(ackTimeout))
+        options.disconnectTimeout = .seconds(Int64(disconnectTimeout))
         return options
     }
 }

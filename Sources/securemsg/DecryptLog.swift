@@ -45,7 +45,7 @@ struct DecryptLog: ParsableCommand {
             }
         }
         let sink = OutputSink()
-        let decoder = CaptureDecoder(key: preSharedKey, format: format, output: sink)
+        let decoder = CaptureDecoder(key: preSharedKey, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink)
         let reassembler = TCPReassembler(serverPort: UInt16(port))
         var lastTime = CaptureTimestamp.zero
         files: for path in captures {

@@ -10,7 +10,7 @@ import Synchronization
 enum ReplSession {
     static let prompt = "securemsg> "
     /// The interruption reason for `!DISCONNECT`. Reasons from the connection are escaped (see
-    /// `describe`), so none can contain this NUL and be mistaken for it.
+    /// `describe`: NUL prints as `\x00`), so none can contain this NUL and be mistaken for it.
     private static let disconnectRequested = "\u{0}!DISCONNECT"
 
     /// A process started with fd 0, 1 or 2 closed would hand that number to the next open(), pipe()
@@ -199,27 +199,8 @@ enum ReplSession {
 
     private static func lineCount(_ n: Int) -> String { "\(n) line\(n == 1 ? "" : "s")" }
 
-    /// A failure's description can carry the server's DISCONNECT reason, which is text from the wire:
-    /// escaped so that it cannot drive the terminal.
-    static func describe(_ failure: ClientFailure) -> String {
-        escapedForTerminal(failure.description)
-    }
-
-    /// C0 and C1 controls, DEL and bidi controls as `\xNN` / `\u{NNNN}`; a backslash doubled.
-    static func escapedForTerminal(_ text: String) -> String {
-        var output = String.UnicodeScalarView()
-        for scalar in text.unicodeScalars {
-            switch scalar.value {
-            case 0x5C:
-                output.append(contentsOf: #"\\"#.unicodeScalars)
-            case 0..<0x20, 0x7F...0x9F:
-                output.append(contentsOf: String(format: "\\x%02x", scalar.value).unicodeScalars)
-            case 0x061C, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069:
-                output.append(contentsOf: String(format: "\\u{%04X}", scalar.value).unicodeScalars)
-            default:
-                output.append(scalar)
-            }
-        }
-        return String(output)
-    }
+    /// A failure's description can carry the server's DISCONNECT reason, text from the wire:
+    /// `ClientFailure` shows it only escaped and cut (`PeerText.printable`), the one escaper of every
+    /// output, so it cannot drive the terminal.
+    static func describe(_ failure: ClientFailure) -> String { failure.description }
 }

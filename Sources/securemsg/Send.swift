@@ -31,9 +31,12 @@ struct Send: ParsableCommand {
         let options = try connection.clientOptions()
         let started = Date()
         let progress = isatty(STDERR_FILENO) == 1 ? ProgressLine() : nil
+        let ended: WakeupPipe
         let client: ClientConnection
         do {
-            client = try ClientConnection(options: options, onAcknowledged: { _, total in progress?.update(total) })
+            ended = try WakeupPipe()
+            client = try ClientConnection(
+                options: options, onAcknowledged: { _, total in progress?.update(total) }, onTerminated: { _ in ended.notify() })
         } catch {
             throw CommandFailure(message: "\(error)", exitCode: 1)
         }
@@ -46,6 +49,9 @@ struct Send: ParsableCommand {
         do {
             inputs: for (name, fd) in inputs {
                 while true {
+                    // A session that ends while the input is idle (`tail -f | securemsg send`: the server
+                    // went away, timed out or sent DISCONNECT) is reported at once, not at the next line.
+                    guard waitForInput(fd, orSessionEnd: ended) else { break inputs }  // finish() says why
                     let n = read(fd, chunk.baseAddress, chunk.count)
                     if n < 0 && errno == EINTR { continue }
                     if n < 0 {
@@ -82,6 +88,16 @@ struct Send: ParsableCommand {
                 format: "securemsg send: %d %@ (%d %@) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
                 lines, plural(lines, "line") as NSString, bytesSent, plural(bytesSent, "byte") as NSString, seconds, Double(lines) / seconds, Double(bytesSent) / seconds / 1e6))
         }
+    }
+
+    /// Blocks until `fd` has input (or end of file, or an error for read to report); false when the
+    /// session ended first.
+    private func waitForInput(_ fd: Int32, orSessionEnd ended: WakeupPipe) -> Bool {
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: ended.readEnd, events: Int16(POLLIN), revents: 0)]
+        while poll(&fds, nfds_t(fds.count), -1) < 0 {
+            if errno != EINTR { return true }  // read() will report what is wrong
+        }
+        return fds[1].revents == 0
     }
 
     private func acknowledgedSummary(_ client: ClientConnection) -> String {
