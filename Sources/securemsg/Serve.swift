@@ -68,7 +68,6 @@ struct Serve: ParsableCommand {
         guard let mode = mode_t(logMode, radix: 8), mode <= 0o777 else { throw ValidationError("--log-mode must be octal, 0...777") }
         if mode & 0o002 != 0 { throw ValidationError("--log-mode \(logMode): a log others can write is a log anyone can forge") }
         if log == "-" && !echoes { throw ValidationError("--log - writes the lines to stdout, which --no-echo turns off") }
-        if noLog && !echoes { throw ValidationError("--no-log with --no-echo would drop every line") }
     }
 
     private var echoes: Bool { echo && !quiet }
