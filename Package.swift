@@ -61,6 +61,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The README's example of SecureMsgCore used from outside (public API only), run by CoreExampleTests.
+        .executableTarget(name: "securemsg-core-example", dependencies: ["SecureMsgCore"], path: "Examples/core-loopback"),
         // libFuzzer harness (scripts/fuzz); without -DFUZZING a replayer of corpus files.
         .executableTarget(name: "securemsg-fuzz", dependencies: ["SecureMsgCore", "SecureMsgCapture"]),
         .testTarget(
