@@ -37,6 +37,8 @@ let package = Package(
                 "SecureMsgCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // serve --metrics (part of swift-nio: no new package).
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(

@@ -80,6 +80,7 @@ public final class SecureServer: Sendable {
         let writer = try LogWriter(
             logPath: configuration.logPath, logOptions: configuration.logFile, sync: configuration.sync,
             echoToStdout: configuration.echoToStdout, escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
+            metrics: configuration.metrics,
             diagnostics: { diagnostics.line($0.hasPrefix("securemsg serve: ") ? $0 : "securemsg serve: \($0)") })
         shared = ServerShared(configuration: configuration, writer: writer, diagnostics: diagnostics)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
@@ -113,6 +114,7 @@ public final class SecureServer: Sendable {
                 // Refusals cost a lock and a counter; their stderr lines are rate-limited (see `refusals`).
                 let source = sourceAddress(channel.remoteAddress)
                 guard let slot = shared.sources.acquire(source) else {
+                    shared.configuration.metrics?.refused("per_source_limit")
                     shared.refusals.report(
                         "per-source",
                         "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: \(shared.configuration.maxUnauthenticatedPerSource) connections from \(source) not yet authenticated (--max-unauthenticated-per-source)")
@@ -120,6 +122,7 @@ public final class SecureServer: Sendable {
                 }
                 guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
                     slot.release()
+                    shared.configuration.metrics?.refused("connection_limit")
                     shared.refusals.report(
                         "connection limit",
                         "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
@@ -151,6 +154,11 @@ public final class SecureServer: Sendable {
         listeners.withLockedValue { $0 = channels }
         for channel in channels { StandardError.line("listening on \(formatPeer(channel.localAddress))") }
         return channels[0].localAddress!
+    }
+
+    /// The --metrics exposition text, with the gauges read now.
+    public func renderMetrics() -> String {
+        shared.configuration.metrics?.render(openSessions: shared.registry.count, writerQueueDepth: shared.writer.queueDepth) ?? ""
     }
 
     /// Where serve listens, as it prints it (`127.0.0.1:5050`, `[::1]:5050`).

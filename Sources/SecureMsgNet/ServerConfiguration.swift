@@ -50,6 +50,8 @@ public struct ServerConfiguration: Sendable {
     public var verbose = false
     /// Listening sockets passed by a service manager (SocketActivation); when set, host and port are not bound.
     public var listeningDescriptors: [Int32] = []
+    /// Counters for `--metrics` (nil: not collected).
+    public var metrics: ServerMetrics?
 
     public init(key: PreSharedKey) { self.key = key }
 }

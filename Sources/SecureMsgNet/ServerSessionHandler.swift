@@ -113,6 +113,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         do {
             events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
         } catch {
+            if let metrics = shared.configuration.metrics, let error = error as? ProtocolError, error == .keyMismatch || error == .authenticationFailed {
+                metrics.authenticationFailed()
+            }
             flushOutbound()
             fail(String(describing: error))
             return
@@ -124,12 +127,16 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         updateCharge()
     }
 
+    /// With --metrics: when each frame at the writer arrived, for the ACK latency histogram.
+    private var frameArrivals: [UInt64: (at: NIODeadline, lines: Int, bytes: Int)] = [:]
+
     private func handle(_ event: Session.Event) {
         switch event {
         case .handshakeCompleted:
             handshakeTimer?.cancel()
             handshakeTimer = nil
             authenticated = true
+            shared.configuration.metrics?.sessionStarted()
             sourceSlot.release()
             lastFrameAt = .now()
             armIdleTimer()
@@ -156,6 +163,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         linesReceived += lineCount
+        if shared.configuration.metrics != nil { frameArrivals[sequence] = (.now(), lineCount, lines.count) }
         pendingFrames.append((sequence, lines, 0))
         pendingPlaintext += lines.count
         framesAtWriter += 1  // from now until its last slice is logged
@@ -249,6 +257,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         if let sequence { session.acknowledge(through: sequence) }
+        if let sequence, let metrics = shared.configuration.metrics, let arrival = frameArrivals.removeValue(forKey: sequence) {
+            metrics.acknowledged(lines: arrival.lines, bytes: arrival.bytes,
+                                 seconds: Double((NIODeadline.now() - arrival.at).nanoseconds) / 1e9)
+        }
         formatPending()
         resumeReadingIfAllowed()
         finishDisconnectIfReady()
@@ -364,6 +376,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         if let pause = readPause {
+            if !readSuppressed { shared.configuration.metrics?.backpressureStall() }
             readSuppressed = true
             if pause == "budget" { waitForBudget() }
             return

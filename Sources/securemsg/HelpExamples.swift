@@ -10,7 +10,7 @@ enum HelpExamples {
             examples = [
                 ("securemsg serve", "listen on 127.0.0.1:5050 with the key \(defaultKey) (created on first use); log to ./server_logs.txt"),
                 ("securemsg serve --host '[::]' --port 6000 --format jsonl --log /var/log/securemsg/messages.jsonl", "every address, JSON lines"),
-                ("securemsg serve --key-file /etc/securemsg/key --no-echo --log-mode 640", "the log file only, readable by its group"),
+                ("securemsg serve --key-file /etc/securemsg/key --no-echo --log-mode 640 --metrics 9105", "the log file only, readable by its group; Prometheus metrics on 127.0.0.1:9105"),
             ]
         case "send":
             examples = [

@@ -26,3 +26,22 @@ enum HostArgument {
         return text
     }
 }
+
+/// `--metrics 9105`, `--metrics 127.0.0.1:9105`, `--metrics '[::1]:9105'`: where the metrics listener binds.
+/// A port alone means loopback: metrics name peers' counts and timings, not for every network.
+enum ListenAddress {
+    static func parse(_ text: String, option: String) throws -> (host: String, port: Int) {
+        func port(_ digits: Substring) throws -> Int {
+            guard let port = Int(digits), (0...65535).contains(port) else { throw ValidationError("\(option) \(text): the port must be 0...65535") }
+            return port
+        }
+        if text.allSatisfy(\.isNumber) { return ("127.0.0.1", try port(Substring(text))) }
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") {
+            return (String(text[text.index(after: text.startIndex)..<close]), try port(text[text.index(close, offsetBy: 2)...]))
+        }
+        guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":"), colon != text.startIndex else {
+            throw ValidationError("\(option) takes PORT or HOST:PORT (IPv6: '[::1]:9105'), not '\(text)'")
+        }
+        return (String(text[..<colon]), try port(text[text.index(after: colon)...]))
+    }
+}

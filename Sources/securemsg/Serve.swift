@@ -53,10 +53,13 @@ struct Serve: ParsableCommand {
     var closeTimeout = 5
     @Option(help: ArgumentHelp("Event loop threads (default: one per two cores).", valueName: "n"))
     var threads: Int?
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics; a port alone listens on 127.0.0.1. (default: off)", valueName: "host:port"))
+    var metrics: String?
     @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
 
     func validate() throws {
         _ = try HostArgument.parse(host)
+        if let metrics { _ = try ListenAddress.parse(metrics, option: "--metrics") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (1...Wire.maximumLineLength).contains(maxLineBytes) else {
             throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
@@ -106,6 +109,7 @@ struct Serve: ParsableCommand {
             } catch {
                 throw CommandFailure(message: "\(error)", exitCode: 2)
             }
+            if metrics != nil { configuration.metrics = ServerMetrics() }
             let notifier = SystemdNotifier()
             let server: SecureServer
             do {
@@ -115,6 +119,17 @@ struct Serve: ParsableCommand {
                 notifier.notify(["STATUS=\(error.description)", "ERRNO=1"])
                 throw CommandFailure(message: error.description, exitCode: 1)
             }
+            var metricsServer: MetricsServer?
+            if let metrics {
+                let address = try ListenAddress.parse(metrics, option: "--metrics")
+                do {
+                    metricsServer = try MetricsServer(host: address.host, port: address.port) { [server] in server.renderMetrics() }
+                } catch let error as ServerError {
+                    throw CommandFailure(message: error.description, exitCode: 1)
+                }
+                StandardError.line("securemsg serve: metrics on http://\(metricsServer!.address)/metrics")
+            }
+            defer { metricsServer?.close() }
             if let failure = notifier.notify(["READY=1", "STATUS=listening on \(server.listeningAddresses.joined(separator: ", "))"]) {
                 StandardError.line("securemsg serve: NOTIFY_SOCKET: \(failure)")
             }
