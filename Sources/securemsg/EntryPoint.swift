@@ -11,6 +11,12 @@ extension SecureMsg {
     static func main() {
         let arguments = Array(CommandLine.arguments.dropFirst())
         let subcommand = subcommandName(in: arguments)
+        if arguments.isEmpty {
+            // No command at all is a usage error (as for tar or ip), not a request for help: the help
+            // goes to stderr and the status is 2, so `securemsg $EMPTY` in a script does not pass.
+            StandardError.line(helpMessage() + "\n\n" + HelpExamples.section(for: nil))
+            Foundation.exit(2)
+        }
         do {
             try checkHelpTopics(arguments)
             var command = try parseAsRoot(arguments)

@@ -36,6 +36,13 @@ import Testing
         }
     }
 
+    @Test func noCommandAtAllIsAUsageErrorWithTheHelpOnStderr() throws {
+        let result = try Harness.run([])
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.contains("USAGE: securemsg <subcommand>") && result.stderr.contains("EXAMPLES:"))
+    }
+
     @Test func helpForAnUnknownCommandFailsButHelpForAKnownOneSucceeds() throws {
         let unknown = try Harness.run(["help", "nope"])
         #expect(unknown.status == 2)
