@@ -15,7 +15,7 @@ struct DecryptLog: ParsableCommand {
             (raw). Frames that fail authentication, gaps, connections whose handshake is not in the capture, \
             key mismatches, forward-secret sessions without a key-log line and non-securemsg traffic are \
             reported on stderr, followed by a summary. Exit status: 0 when everything found was decrypted \
-            and authenticated, 1 otherwise, 2 for bad input (key, key log, unreadable file, not a capture).
+            and authenticated, 1 otherwise (also when no connection used --port), 2 for bad input (key, key log, unreadable file, not a capture).
             """)
 
     @OptionGroup var key: KeyOptions
@@ -88,7 +88,8 @@ struct DecryptLog: ParsableCommand {
                     + (statistics.otherPortSkipped > 0 ? " (\(statistics.otherPortSkipped) TCP on other ports: see --port)" : ""))
         }
         sink.diagnostic(Self.summary(counts))
-        if counts.failures > 0 { throw ExitCode(1) }
+        // Nothing matched --port: most likely the wrong port, not a clean capture; a script must see it.
+        if counts.failures > 0 || counts.connections == 0 { throw ExitCode(1) }
     }
 
     /// Reads a key log: as secret as a key, so refused (exit 2) when group or others may read it.
