@@ -6,7 +6,8 @@ import SecureMsgCore
 /// One `Observer` per connection decodes both directions with the key. Everything is streamed: a
 /// connection's state is dropped once both of its directions are closed, so memory is bounded by the
 /// open connections' unconsumed bytes (a partial frame each, or the client's bytes held until the
-/// ServerHello), never by the capture's size.
+/// ServerHello), never by the capture's size. The reassembler bounds the number of connections
+/// (`--max-connections`): an evicted connection is dropped here too.
 ///
 /// Rows (through `MessageFormatter`, so the escaping is serve's):
 ///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DATA line
@@ -30,6 +31,9 @@ final class CaptureDecoder {
         var incomplete = 0
         var framingErrors = 0
         var unreadable = 0
+        /// Connections the reassembler stopped tracking (--max-connections); not failures by themselves.
+        var evicted = 0
+        var evictedWithData = 0
 
         var failures: Int {
             authenticationFailures + keyMismatches + notSecuremsg + withoutHandshake + gaps + incomplete + framingErrors
@@ -41,41 +45,68 @@ final class CaptureDecoder {
     /// plus one maximal frame is far less).
     static let maximumHeldBytes = 4 << 20
 
+    /// Per connection, kept small: a capture may hold a million connections that never send a byte (a SYN
+    /// flood), so everything but the key is created on the first data (the observer, the unit splitters) or
+    /// when needed (the label).
     private final class Connection {
         let key: ConnectionKey
         let sawStart: Bool
-        let label: String
-        var observer: Observer?  // nil once nothing more of this connection can be decoded
+        /// Created on the first data; dropped (`dead`) once nothing more of this connection can be decoded.
+        var observer: Observer?
+        var dead = false
         var handshakeCompleted = false
         var sawData = false
-        var lost: Set<Direction> = []  // directions given up (gap, lost framing)
-        var closed: Set<Direction> = []
-        var splitters: [Direction: UnitSplitter] = [
-            .clientToServer: UnitSplitter(handshakeUnits: [Wire.clientHelloLength, Wire.clientFinishedLength]),
-            .serverToClient: UnitSplitter(handshakeUnits: [Wire.serverHelloLength]),
-        ]
-        var lastSequence: [Direction: UInt64] = [:]
+        var lostClientToServer = false, lostServerToClient = false  // given up (gap, lost framing)
+        var closedClientToServer = false, closedServerToClient = false
+        var clientToServer = UnitSplitter(handshakeUnits: [Wire.clientHelloLength, Wire.clientFinishedLength])
+        var serverToClient = UnitSplitter(handshakeUnits: [Wire.serverHelloLength])
+        var lastClientToServer: UInt64?, lastServerToClient: UInt64?
 
-        init(key: ConnectionKey, sawStart: Bool, observer: Observer) {
+        init(key: ConnectionKey, sawStart: Bool) {
             self.key = key
             self.sawStart = sawStart
-            self.observer = observer
-            label = "\(key.client)->\(key.server)"
         }
+
+        var label: String { "\(key.client)->\(key.server)" }
+        /// The observer, unless the connection is dead.
+        var live: Observer? { dead ? nil : observer }
+        var isLive: Bool { !dead }
+
+        func lost(_ d: Direction) -> Bool { d == .clientToServer ? lostClientToServer : lostServerToClient }
+        func lose(_ d: Direction) { if d == .clientToServer { lostClientToServer = true } else { lostServerToClient = true } }
+        var anyLost: Bool { lostClientToServer || lostServerToClient }
+        func isClosed(_ d: Direction) -> Bool { d == .clientToServer ? closedClientToServer : closedServerToClient }
+        func close(_ d: Direction) { if d == .clientToServer { closedClientToServer = true } else { closedServerToClient = true } }
+        var bothClosed: Bool { closedClientToServer && closedServerToClient }
+        func lastSequence(_ d: Direction) -> UInt64? { d == .clientToServer ? lastClientToServer : lastServerToClient }
+        func setLastSequence(_ d: Direction, _ sequence: UInt64) {
+            if d == .clientToServer { lastClientToServer = sequence } else { lastServerToClient = sequence }
+        }
+        func pendingBytes(_ d: Direction) -> Int { live?.pendingBytes(d) ?? 0 }
     }
 
     private let preSharedKey: PreSharedKey
     private let formatter: MessageFormatter
     private let output: OutputSink
+    private let maxConnections: Int
     private var connections: [Int: Connection] = [:]
     private(set) var counts = Counts()
     private var row: [UInt8] = []
+    /// Evictions are reported one stderr line per burst (a burst ends after `burstQuiet` of capture time
+    /// without one) and, while a burst goes on, at most one more line per `progressInterval`.
+    private var burst: (lastEviction: CaptureTimestamp, lastLine: CaptureTimestamp, count: Int)?
+    static let burstQuiet: Int64 = 10
+    static let progressInterval: Int64 = 60
 
-    init(key: PreSharedKey, format: OutputFormat, output: OutputSink) {
+    init(key: PreSharedKey, format: OutputFormat, output: OutputSink, maxConnections: Int = TCPReassembler.defaultMaxConnections) {
         preSharedKey = key
         formatter = MessageFormatter(format: format)
         self.output = output
+        self.maxConnections = maxConnections
     }
+
+    /// Connections whose state is held (opened, not yet retired).
+    var trackedConnections: Int { connections.count }
 
     // MARK: Events
 
@@ -83,7 +114,7 @@ final class CaptureDecoder {
         switch event {
         case let .opened(key, sawStart, _):
             counts.connections += 1
-            connections[key.instance] = Connection(key: key, sawStart: sawStart, observer: Observer(key: preSharedKey))
+            connections[key.instance] = Connection(key: key, sawStart: sawStart)
         case let .data(key, direction, bytes, at):
             guard let connection = connections[key.instance] else { return }
             receive(connection, Direction(direction), bytes, at: at)
@@ -93,16 +124,19 @@ final class CaptureDecoder {
         case let .closed(key, direction, at):
             guard let connection = connections[key.instance] else { return }
             let d = Direction(direction)
-            connection.closed.insert(d)
+            connection.close(d)
             checkIncomplete(connection, d, at: at, why: "the stream ends inside a frame")
-            if connection.closed.count == 2 { retire(connection, at: at) }
+            if connection.bothClosed { retire(connection, at: at) }
+        case let .evicted(key, idleSince, at):
+            guard let connection = connections.removeValue(forKey: key.instance) else { return }
+            evicted(connection, idleSince: idleSince, at: at)
         }
     }
 
     /// After the reassembler's `finish`: reports what is left of connections the capture did not see end.
     func finish(at time: CaptureTimestamp) {
         for connection in connections.values.sorted(by: { $0.key.instance < $1.key.instance }) {
-            for d in [Direction.clientToServer, .serverToClient] where !connection.closed.contains(d) {
+            for d in [Direction.clientToServer, .serverToClient] where !connection.isClosed(d) {
                 checkIncomplete(connection, d, at: time, why: "the capture ends inside a frame")
             }
             retire(connection, at: time)
@@ -117,15 +151,23 @@ final class CaptureDecoder {
     // MARK: Decoding
 
     private func receive(_ connection: Connection, _ direction: Direction, _ bytes: [UInt8], at: CaptureTimestamp) {
-        guard let observer = connection.observer, !connection.lost.contains(direction), !bytes.isEmpty else { return }
+        guard connection.isLive, !connection.lost(direction), !bytes.isEmpty else { return }
         connection.sawData = true
+        let observer: Observer
+        if let existing = connection.observer {
+            observer = existing
+        } else {
+            observer = Observer(key: preSharedKey)
+            connection.observer = observer
+        }
         // Fed one protocol unit at a time: the observer returns a call's events only if the call does not
         // throw, so a unit that breaks the stream must not take the good frames before it down with it.
-        let ends = connection.splitters[direction]!.unitEnds(in: bytes)
+        let ends = direction == .clientToServer
+            ? connection.clientToServer.unitEnds(in: bytes) : connection.serverToClient.unitEnds(in: bytes)
         bytes.withUnsafeBytes { all in
             var start = 0
             for end in ends + [all.count] where end > start {
-                guard connection.observer != nil, !connection.lost.contains(direction) else { return }
+                guard connection.isLive, !connection.lost(direction) else { return }
                 do throws(ProtocolError) {
                     let events = try observer.receive(direction, UnsafeRawBufferPointer(rebasing: all[start..<end]))
                     for event in events { deliver(event, connection, at: at) }
@@ -135,13 +177,19 @@ final class CaptureDecoder {
                 start = end
             }
         }
-        if !connection.handshakeCompleted, connection.observer != nil,
+        if !connection.handshakeCompleted, connection.isLive,
            observer.pendingBytes(.clientToServer) > Self.maximumHeldBytes
         {
             counts.withoutHandshake += 1
             report(connection, at: at, "no ServerHello after \(observer.pendingBytes(.clientToServer)) bytes from the client: cannot decrypt this connection")
-            connection.observer = nil
+            kill(connection)
         }
+    }
+
+    /// Nothing more of `connection` can be decoded: its observer and buffers go.
+    private func kill(_ connection: Connection) {
+        connection.dead = true
+        connection.observer = nil
     }
 
     private func deliver(_ event: Observer.Event, _ connection: Connection, at: CaptureTimestamp) {
@@ -150,7 +198,7 @@ final class CaptureDecoder {
             connection.handshakeCompleted = true
             counts.decrypted += 1
         case let .frame(direction, type, sequence, plaintext):
-            connection.lastSequence[direction] = sequence
+            connection.setLastSequence(direction, sequence)
             counts.frames += 1
             row.removeAll(keepingCapacity: true)
             let context = LineContext(
@@ -173,7 +221,7 @@ final class CaptureDecoder {
             }
             output.write(row)
         case let .authenticationFailed(direction, sequence):
-            connection.lastSequence[direction] = sequence
+            connection.setLastSequence(direction, sequence)
             counts.authenticationFailures += 1
             report(connection, at: at, "\(direction) seq=\(sequence): authentication failed (frame tampered or corrupted); skipped")
         }
@@ -189,11 +237,11 @@ final class CaptureDecoder {
                 counts.framingErrors += 1
                 report(connection, at: at, "\(direction) \(after(connection, direction)): \(error); the rest of \(direction) is skipped")
             }
-            connection.lost.insert(direction)
+            connection.lose(direction)
             return
         }
         // Before the handshake completes nothing of the connection can be decrypted.
-        connection.observer = nil
+        kill(connection)
         switch error {
         case .keyMismatch:
             counts.keyMismatches += 1
@@ -218,23 +266,23 @@ final class CaptureDecoder {
     }
 
     private func gap(_ connection: Connection, _ direction: Direction, missing: UInt64, at: CaptureTimestamp) {
-        guard connection.observer != nil, !connection.lost.contains(direction) else { return }
+        guard connection.isLive, !connection.lost(direction) else { return }
         counts.gaps += 1
         let what = "\(missing) byte\(missing == 1 ? "" : "s") of \(direction) missing from the capture"
         if connection.handshakeCompleted {
-            connection.lost.insert(direction)
+            connection.lose(direction)
             report(connection, at: at, "\(what) \(after(connection, direction)): framing lost, the rest of \(direction) is skipped")
         } else {
-            connection.observer = nil
+            kill(connection)
             report(connection, at: at, "\(what) before the handshake completed: cannot decrypt this connection")
         }
     }
 
     private func checkIncomplete(_ connection: Connection, _ direction: Direction, at: CaptureTimestamp, why: String) {
-        guard let observer = connection.observer, !connection.lost.contains(direction) else { return }
-        let pending = observer.pendingBytes(direction)
+        guard connection.isLive, !connection.lost(direction) else { return }
+        let pending = connection.pendingBytes(direction)
         guard pending > 0 else { return }
-        connection.lost.insert(direction)
+        connection.lose(direction)
         counts.incomplete += 1
         if connection.handshakeCompleted {
             report(connection, at: at, "\(direction): \(why) (\(pending) bytes \(after(connection, direction)) not decrypted)")
@@ -245,14 +293,42 @@ final class CaptureDecoder {
 
     private func retire(_ connection: Connection, at: CaptureTimestamp) {
         connections[connection.key.instance] = nil
-        if connection.observer != nil, connection.sawData, !connection.handshakeCompleted, connection.lost.isEmpty {
+        if connection.isLive, connection.sawData, !connection.handshakeCompleted, !connection.anyLost {
             // Hellos only (a refused or abandoned client): nothing was left undecrypted, so only a note.
             report(connection, at: at, "handshake not completed; no frames")
         }
     }
 
+    /// The reassembler stopped tracking `connection` (too many connections: --max-connections). Reported
+    /// per burst, not per connection (a flood evicts millions); a connection that still held undecrypted
+    /// bytes counts as incomplete in the summary. Later packets of it count as a new connection, whose
+    /// handshake is not in the capture.
+    private func evicted(_ connection: Connection, idleSince: CaptureTimestamp, at: CaptureTimestamp) {
+        counts.evicted += 1
+        if connection.isLive, connection.pendingBytes(.clientToServer) + connection.pendingBytes(.serverToClient) > 0 {
+            counts.incomplete += 1
+            counts.evictedWithData += 1
+        } else if connection.sawData {
+            counts.evictedWithData += 1
+        }
+        if var current = burst, at.seconds - current.lastEviction.seconds <= Self.burstQuiet {
+            current.count += 1
+            current.lastEviction = at
+            if at.seconds - current.lastLine.seconds >= Self.progressInterval {
+                current.lastLine = at
+                output.diagnostic("at \(iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds)): still at --max-connections \(maxConnections): \(current.count) connections evicted in this burst, \(counts.evicted) in all")
+            }
+            burst = current
+            return
+        }
+        burst = (lastEviction: at, lastLine: at, count: 1)
+        let time = iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds)
+        let idle = iso8601UTC(seconds: idleSince.seconds, nanoseconds: idleSince.nanoseconds)
+        output.diagnostic("at \(time): \(maxConnections) connections tracked (--max-connections): evicting the least recently active, first \(connection.label) #\(connection.key.instance) (idle since \(idle)\(connection.sawData ? "" : ", no data")); later packets of an evicted connection count as a new one; the total is in the summary")
+    }
+
     private func after(_ connection: Connection, _ direction: Direction) -> String {
-        connection.lastSequence[direction].map { "after seq=\($0)" } ?? "before its first frame"
+        connection.lastSequence(direction).map { "after seq=\($0)" } ?? "before its first frame"
     }
 
     private func report(_ connection: Connection, at: CaptureTimestamp, _ message: String) {
@@ -271,13 +347,18 @@ extension Direction {
 /// that the observer can be fed one unit at a time. It reads the same lengths the observer does; once a
 /// length is invalid it stops cutting (the observer rejects that unit itself).
 struct UnitSplitter {
-    private var handshakeUnits: [Int]
+    /// The fixed-size handshake units still to come, in order (no array: one per connection of a flood).
+    private var nextUnit: Int, laterUnit: Int
     private var remaining = 0  // bytes left in the current unit; 0 at a unit boundary
-    private var header: [UInt8] = []  // the part of a frame's length field seen so far
+    private var header: UInt32 = 0  // the part of a frame's length field seen so far
+    private var headerCount = 0
     private var broken = false
 
+    /// `handshakeUnits`: the lengths of at most two fixed-size units before the frames.
     init(handshakeUnits: [Int]) {
-        self.handshakeUnits = handshakeUnits
+        precondition(handshakeUnits.count <= 2)
+        nextUnit = handshakeUnits.first ?? 0
+        laterUnit = handshakeUnits.count > 1 ? handshakeUnits[1] : 0
     }
 
     /// The offsets in `bytes` at which a unit ends (before `bytes.count`, or equal to it).
@@ -290,15 +371,16 @@ struct UnitSplitter {
                 remaining -= take
                 position += take
                 if remaining == 0 { ends.append(position) }
-            } else if !handshakeUnits.isEmpty {
-                remaining = handshakeUnits.removeFirst()
+            } else if nextUnit > 0 {
+                remaining = nextUnit
+                (nextUnit, laterUnit) = (laterUnit, 0)
             } else {
-                let take = min(Wire.lengthFieldSize - header.count, bytes.count - position)
-                header.append(contentsOf: bytes[position..<(position + take)])
-                position += take
-                guard header.count == Wire.lengthFieldSize else { continue }
-                let length = header.reduce(0) { $0 << 8 | Int($1) }
-                header.removeAll(keepingCapacity: true)
+                header = header << 8 | UInt32(bytes[position])
+                headerCount += 1
+                position += 1
+                guard headerCount == Wire.lengthFieldSize else { continue }
+                let length = Int(header)
+                (header, headerCount) = (0, 0)
                 do {
                     try FrameOpener.validateLength(length)
                     remaining = length
