@@ -313,6 +313,22 @@ def craft(kind, capture, port, other=None):
         forged = bytearray(s.build(garbage, s.seq))
         forged[14 + len(s.ip) + 16] ^= 0x5A  # the TCP checksum, now wrong
         records.insert(index, records[index].copy(bytes(forged)))
+    elif kind == "forged":
+        # A forged copy of DATA 1 written just before it: the same length and type, garbage after them,
+        # and the checksum loopback packets carry (the pseudo-header sum: "left to offload"), so that it
+        # cannot be told from the genuine copy before decryption. It arrives first and wins the overlap;
+        # the frame fails authentication with it, then the genuine copy's bytes authenticate.
+        index, s = data_record(1)
+        garbage = s.payload[:5] + bytes((i * 91 + 7) & 0xFF for i in range(len(s.payload) - 5))
+        forged = bytearray(s.build(garbage, s.seq))
+        at = 14 + len(s.ip) + 16
+        length = len(forged) - 14 - len(s.ip)
+        if s.version == 4:
+            pseudo = bytes(s.source) + bytes(s.destination) + struct.pack("!BBH", 0, 6, length)
+        else:
+            pseudo = bytes(s.source) + bytes(s.destination) + struct.pack("!IxxxB", length, 6)
+        struct.pack_into("!H", forged, at, ~_checksum(pseudo) & 0xFFFF)
+        records.insert(index, records[index].copy(bytes(forged)))
     elif kind == "truncated":
         # The file cut in the middle of the server's DISCONNECT record.
         s2c = Stream(capture, port, client, False)

@@ -91,6 +91,12 @@ public enum CaptureEvent: Sendable, Equatable {
     /// Nothing more is reported for it; its later packets, if any, open a new connection.
     /// `idleSince` is the time of its last segment.
     case evicted(ConnectionKey, idleSince: CaptureTimestamp, at: CaptureTimestamp)
+    /// Another copy of the stream bytes at `offset` (0 is the stream's first byte: the
+    /// first of all bytes `.data` and `.gap` report) that was not used, because a better or
+    /// earlier copy was (`TCPReassembler`'s overlap rule). For bytes still buffered it is
+    /// reported only if it differs; for bytes already delivered (no longer kept) whenever
+    /// it arrives. A reader whose frame fails authentication may try it instead.
+    case conflict(ConnectionKey, StreamDirection, offset: UInt64, bytes: [UInt8], at: CaptureTimestamp)
 }
 
 /// Counters for a decrypt-log style summary. A packet is counted in exactly one of the

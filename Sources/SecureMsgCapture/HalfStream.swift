@@ -26,6 +26,9 @@ struct HalfStream {
         case data([UInt8])
         case gap(UInt64)
         case closed
+        /// Another copy of the bytes at this offset, not used: the copy delivered or buffered
+        /// there differs (or, delivered already and no longer kept, may differ).
+        case conflict(UInt64, [UInt8])
     }
 
     private struct Chunk {
@@ -154,6 +157,11 @@ struct HalfStream {
         let lower = max(start, Int64(delivered))
         var upper = start + Int64(payload.count)
         if let fin = finOffset { upper = min(upper, Int64(fin)) }
+        // A copy of delivered bytes: reported, as those bytes are no longer here to compare with.
+        let repeatedStart = max(start, 0), repeatedEnd = min(upper, Int64(delivered))
+        if repeatedStart < repeatedEnd, let repeated = payload.slice(Int(repeatedStart - start)..<Int(repeatedEnd - start)) {
+            out.append(.conflict(UInt64(repeatedStart), repeated.bytes))
+        }
         guard lower < upper else { return }
         if pending.isEmpty, lower == Int64(delivered), trust != .failed,
            let fresh = payload.slice(Int(lower - start)..<Int(upper - start))
@@ -176,6 +184,15 @@ struct HalfStream {
             guard from < to, let piece = payload.slice(Int(from - start)..<Int(to - start)) else { return nil }
             return Chunk(offset: UInt64(from), bytes: piece.bytes, trust: trust)
         }
+        /// Where `chunk` and this copy overlap and differ, the losing copy is reported.
+        func compare(_ chunk: Chunk, newCopyWins: Bool) {
+            let from = max(Int64(chunk.offset), lower), to = min(Int64(chunk.end), upper)
+            guard from < to, let piece = payload.slice(Int(from - start)..<Int(to - start)) else { return }
+            let existing = chunk.bytes[Int(from - Int64(chunk.offset))..<Int(to - Int64(chunk.offset))]
+            let fresh = piece.bytes
+            guard !fresh.elementsEqual(existing) else { return }
+            out.append(.conflict(UInt64(from), newCopyWins ? Array(existing) : fresh))
+        }
         // Nothing overlapping, or nothing this copy beats: insert the uncovered parts only
         // (no buffered byte is copied).
         if !pending[first..<last].contains(where: { $0.trust < trust }) {
@@ -184,6 +201,7 @@ struct HalfStream {
             for index in first..<last {
                 let chunk = pending[index]
                 if let piece = copy(cursor, min(upper, Int64(chunk.offset))) { inserts.append((index, piece)) }
+                compare(chunk, newCopyWins: false)
                 cursor = max(cursor, Int64(chunk.end))
             }
             if let piece = copy(cursor, upper) { inserts.append((last, piece)) }
@@ -202,10 +220,12 @@ struct HalfStream {
             pendingBytes -= chunk.bytes.count
             if let piece = copy(cursor, min(upper, Int64(chunk.offset))) { rebuilt.append(piece) }
             guard chunk.trust < trust else {
+                compare(chunk, newCopyWins: false)
                 rebuilt.append(chunk)
                 cursor = max(cursor, Int64(chunk.end))
                 continue
             }
+            compare(chunk, newCopyWins: true)
             let overlapStart = max(Int64(chunk.offset), lower), overlapEnd = min(Int64(chunk.end), upper)
             if Int64(chunk.offset) < overlapStart {
                 rebuilt.append(Chunk(offset: chunk.offset, bytes: Array(chunk.bytes[..<Int(overlapStart - Int64(chunk.offset))]),

@@ -324,6 +324,7 @@ public final class TCPReassembler {
             case .data(let bytes): emit(.data(key, direction, bytes, at: timestamp))
             case .gap(let count): emit(.gap(key, direction, missingBytes: count, at: timestamp))
             case .closed: emit(.closed(key, direction, at: timestamp))
+            case .conflict(let offset, let bytes): emit(.conflict(key, direction, offset: offset, bytes: bytes, at: timestamp))
             }
         }
         output.removeAll(keepingCapacity: true)

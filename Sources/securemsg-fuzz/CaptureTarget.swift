@@ -164,6 +164,10 @@ final class CaptureChecker {
             let id = "\(key.instance) \(direction)"
             require(opened[key] != nil && !closed.contains(id), "close for \(id) unopened or twice")
             closed.insert(id)
+        case .conflict(let key, let direction, let offset, let bytes, _):
+            let id = "\(key.instance) \(direction)"
+            require(opened[key] != nil && !closed.contains(id), "conflict for \(id) unopened or after close")
+            require(!bytes.isEmpty && offset < 1 << 33, "conflict of \(bytes.count) bytes at \(offset)")
         case .evicted(let key, _, _):
             require(opened[key] != nil && !evicted.contains(key.instance), "eviction of \(key) unopened or twice")
             require(!(closed.contains("\(key.instance) \(StreamDirection.clientToServer)")

@@ -34,6 +34,9 @@ final class CaptureDecoder {
         /// Connections the reassembler stopped tracking (--max-connections); not failures by themselves.
         var evicted = 0
         var evictedWithData = 0
+        /// Frames that failed authentication with the first copy of their bytes and authenticated with
+        /// another (not failures).
+        var recovered = 0
 
         var failures: Int {
             authenticationFailures + keyMismatches + notSecuremsg + withoutHandshake + gaps + incomplete + framingErrors
@@ -44,6 +47,78 @@ final class CaptureDecoder {
     /// Past this, client bytes held for a ServerHello that never comes are given up (a real ClientFinished
     /// plus one maximal frame is far less).
     static let maximumHeldBytes = 4 << 20
+
+    /// One direction's bytes as the decoder cut them into units, kept so that a frame that fails
+    /// authentication can be tried again with another copy of its bytes (the reassembler reports the
+    /// copies it did not use: `.conflict`). Created on the direction's first data.
+    private final class Reading {
+        struct Unit {
+            var sequence: UInt64
+            var start: UInt64
+            var bytes: [UInt8]
+            var end: UInt64 { start + UInt64(bytes.count) }
+        }
+
+        let handshakeUnits: Int
+        /// Stream offset of the next byte (data and gaps so far).
+        var received: UInt64 = 0
+        var unitStart: UInt64 = 0
+        var unit: [UInt8] = []
+        var unitsDone = 0
+        /// Frames cut but not yet reported by the observer (normally none after each call; the client's
+        /// frames wait here while the observer holds them for the ServerHello).
+        var waiting: [Unit] = []
+        /// Frames that failed authentication, newest last, in case another copy of their bytes comes.
+        var suspects: [Unit] = []
+        /// Other copies of bytes of the current unit, a waiting frame or a suspect.
+        var alternatives: [(offset: UInt64, bytes: [UInt8])] = []
+
+        static let maximumSuspects = 4
+        /// At most about one maximal frame of suspects per direction.
+        static let maximumSuspectBytes = Wire.lengthFieldSize + Wire.maximumFrameLength
+        static let maximumAlternatives = 16
+
+        init(handshakeUnits: Int) { self.handshakeUnits = handshakeUnits }
+
+        /// Where the bytes still of interest start.
+        var horizon: UInt64 {
+            min(unitStart, waiting.first?.start ?? .max, suspects.map(\.start).min() ?? .max)
+        }
+
+        /// The bytes of `unit` with each of `patches` written over them (only where they overlap).
+        static func patched(_ unit: Unit, _ patches: [(offset: UInt64, bytes: [UInt8])]) -> [UInt8] {
+            var bytes = unit.bytes
+            for patch in patches {
+                let from = max(patch.offset, unit.start), to = min(patch.offset + UInt64(patch.bytes.count), unit.end)
+                guard from < to else { continue }
+                bytes.replaceSubrange(Int(from - unit.start)..<Int(to - unit.start),
+                                      with: patch.bytes[Int(from - patch.offset)..<Int(to - patch.offset)])
+            }
+            return bytes
+        }
+
+        func keepSuspect(_ unit: Unit) {
+            suspects.append(unit)
+            while suspects.count > Self.maximumSuspects || suspects.reduce(0, { $0 + $1.bytes.count }) > Self.maximumSuspectBytes {
+                suspects.removeFirst()
+            }
+        }
+
+        /// True when `bytes` at `offset` lie within one unit still known here and equal its bytes there
+        /// (a plain retransmission: nothing new to try).
+        func isKnownCopy(_ offset: UInt64, _ bytes: [UInt8]) -> Bool {
+            let end = offset + UInt64(bytes.count)
+            for unit in [Unit(sequence: 0, start: unitStart, bytes: unit)] + waiting + suspects
+            where unit.start <= offset && end <= unit.end {
+                return unit.bytes[Int(offset - unit.start)..<Int(end - unit.start)].elementsEqual(bytes)
+            }
+            return false
+        }
+
+        func overlapping(_ unit: Unit) -> [(offset: UInt64, bytes: [UInt8])] {
+            alternatives.filter { $0.offset < unit.end && $0.offset + UInt64($0.bytes.count) > unit.start }
+        }
+    }
 
     /// Per connection, kept small: a capture may hold a million connections that never send a byte (a SYN
     /// flood), so everything but the key is created on the first data (the observer, the unit splitters) or
@@ -61,6 +136,18 @@ final class CaptureDecoder {
         var clientToServer = UnitSplitter(handshakeUnits: [Wire.clientHelloLength, Wire.clientFinishedLength])
         var serverToClient = UnitSplitter(handshakeUnits: [Wire.serverHelloLength])
         var lastClientToServer: UInt64?, lastServerToClient: UInt64?
+        var readingClientToServer: Reading?, readingServerToClient: Reading?
+
+        func reading(_ d: Direction) -> Reading {
+            if d == .clientToServer {
+                if let reading = readingClientToServer { return reading }
+                readingClientToServer = Reading(handshakeUnits: 2)
+                return readingClientToServer!
+            }
+            if let reading = readingServerToClient { return reading }
+            readingServerToClient = Reading(handshakeUnits: 1)
+            return readingServerToClient!
+        }
 
         init(key: ConnectionKey, sawStart: Bool) {
             self.key = key
@@ -73,7 +160,15 @@ final class CaptureDecoder {
         var isLive: Bool { !dead }
 
         func lost(_ d: Direction) -> Bool { d == .clientToServer ? lostClientToServer : lostServerToClient }
-        func lose(_ d: Direction) { if d == .clientToServer { lostClientToServer = true } else { lostServerToClient = true } }
+        func lose(_ d: Direction) {
+            if d == .clientToServer {
+                lostClientToServer = true
+                readingClientToServer = nil
+            } else {
+                lostServerToClient = true
+                readingServerToClient = nil
+            }
+        }
         var anyLost: Bool { lostClientToServer || lostServerToClient }
         func isClosed(_ d: Direction) -> Bool { d == .clientToServer ? closedClientToServer : closedServerToClient }
         func close(_ d: Direction) { if d == .clientToServer { closedClientToServer = true } else { closedServerToClient = true } }
@@ -130,6 +225,9 @@ final class CaptureDecoder {
         case let .evicted(key, idleSince, at):
             guard let connection = connections.removeValue(forKey: key.instance) else { return }
             evicted(connection, idleSince: idleSince, at: at)
+        case let .conflict(key, direction, offset, bytes, at):
+            guard let connection = connections[key.instance] else { return }
+            conflict(connection, Direction(direction), offset: offset, bytes: bytes, at: at)
         }
     }
 
@@ -164,10 +262,24 @@ final class CaptureDecoder {
         // throw, so a unit that breaks the stream must not take the good frames before it down with it.
         let ends = direction == .clientToServer
             ? connection.clientToServer.unitEnds(in: bytes) : connection.serverToClient.unitEnds(in: bytes)
+        let reading = connection.reading(direction)
+        let base = reading.received
+        reading.received += UInt64(bytes.count)
         bytes.withUnsafeBytes { all in
             var start = 0
-            for end in ends + [all.count] where end > start {
+            for (index, end) in (ends + [all.count]).enumerated() where end > start {
                 guard connection.isLive, !connection.lost(direction) else { return }
+                reading.unit += all[start..<end]
+                if index < ends.count {
+                    // A whole unit: frames are remembered until the observer reports them.
+                    if reading.unitsDone >= reading.handshakeUnits {
+                        reading.waiting.append(Reading.Unit(sequence: UInt64(reading.unitsDone - reading.handshakeUnits),
+                                                            start: reading.unitStart, bytes: reading.unit))
+                    }
+                    reading.unitsDone += 1
+                    reading.unitStart = base + UInt64(end)
+                    reading.unit = []
+                }
                 do throws(ProtocolError) {
                     let events = try observer.receive(direction, UnsafeRawBufferPointer(rebasing: all[start..<end]))
                     for event in events { deliver(event, connection, at: at) }
@@ -177,6 +289,8 @@ final class CaptureDecoder {
                 start = end
             }
         }
+        let horizon = reading.horizon
+        reading.alternatives.removeAll { $0.offset + UInt64($0.bytes.count) <= horizon }
         if !connection.handshakeCompleted, connection.isLive,
            observer.pendingBytes(.clientToServer) > Self.maximumHeldBytes
         {
@@ -190,6 +304,8 @@ final class CaptureDecoder {
     private func kill(_ connection: Connection) {
         connection.dead = true
         connection.observer = nil
+        connection.readingClientToServer = nil
+        connection.readingServerToClient = nil
     }
 
     private func deliver(_ event: Observer.Event, _ connection: Connection, at: CaptureTimestamp) {
@@ -198,33 +314,92 @@ final class CaptureDecoder {
             connection.handshakeCompleted = true
             counts.decrypted += 1
         case let .frame(direction, type, sequence, plaintext):
-            connection.setLastSequence(direction, sequence)
-            counts.frames += 1
-            row.removeAll(keepingCapacity: true)
-            let context = LineContext(
-                time: iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds), peer: connection.label,
-                session: UInt64(connection.key.instance),
-                extra: [("dir", direction.description), ("seq", String(sequence)), ("type", type.description)])
-            switch type {
-            case .data:
-                counts.dataFrames += 1
-                var lineCount = plaintext.count { $0 == 0x0A }
-                if let last = plaintext.last, last != 0x0A { lineCount += 1 }
-                counts.lines += lineCount
-                formatter.append(lines: plaintext, context: context, to: &row)
-                if formatter.format == .raw, let last = plaintext.last, last != 0x0A { row.append(0x0A) }
-            case .ack, .disconnect:
-                if type == .ack { counts.acks += 1 } else { counts.disconnects += 1 }
-                if formatter.format != .raw {
-                    plaintext.withUnsafeBytes { formatter.append(note: $0, context: context, to: &row) }
-                }
+            if let reading = direction == .clientToServer ? connection.readingClientToServer : connection.readingServerToClient {
+                reading.waiting.removeAll { $0.sequence == sequence }
             }
-            output.write(row)
+            show(connection, direction, type, sequence, plaintext, at: at)
         case let .authenticationFailed(direction, sequence):
             connection.setLastSequence(direction, sequence)
+            if let reading = direction == .clientToServer ? connection.readingClientToServer : connection.readingServerToClient,
+               let index = reading.waiting.firstIndex(where: { $0.sequence == sequence })
+            {
+                let unit = reading.waiting.remove(at: index)
+                if let (type, plaintext) = tryCopies(connection, direction, unit, reading.overlapping(unit)) {
+                    counts.recovered += 1
+                    report(connection, at: at, "\(direction) seq=\(sequence): the first copy of its bytes failed authentication, another copy in the capture authenticates: shown")
+                    show(connection, direction, type, sequence, plaintext, at: at)
+                    return
+                }
+                reading.keepSuspect(unit)
+            }
             counts.authenticationFailures += 1
             report(connection, at: at, "\(direction) seq=\(sequence): authentication failed (frame tampered or corrupted); skipped")
         }
+    }
+
+    /// Opens `unit` again with other copies of its bytes: each copy alone, then all of them. The frame
+    /// and its plaintext if one authenticates.
+    private func tryCopies(_ connection: Connection, _ direction: Direction, _ unit: Reading.Unit,
+                           _ copies: [(offset: UInt64, bytes: [UInt8])]) -> (FrameType, [UInt8])?
+    {
+        guard let observer = connection.live, !copies.isEmpty else { return nil }
+        let attempts = copies.map { [$0] } + (copies.count > 1 ? [copies] : [])
+        for attempt in attempts {
+            let bytes = Reading.patched(unit, attempt)
+            guard bytes != unit.bytes else { continue }
+            if let opened = bytes.withUnsafeBytes({ observer.openAgain(direction, frame: $0, sequence: unit.sequence) }) {
+                return opened
+            }
+        }
+        return nil
+    }
+
+    /// Another copy of bytes of `direction` (`.conflict`): kept while it overlaps bytes still of
+    /// interest; a frame that failed authentication is tried again with it.
+    private func conflict(_ connection: Connection, _ direction: Direction, offset: UInt64, bytes: [UInt8], at: CaptureTimestamp) {
+        guard connection.isLive, connection.handshakeCompleted, !connection.lost(direction),
+              let reading = direction == .clientToServer ? connection.readingClientToServer : connection.readingServerToClient
+        else { return }
+        let end = offset + UInt64(bytes.count)
+        guard end > reading.horizon, !reading.isKnownCopy(offset, bytes) else { return }
+        reading.alternatives.append((offset, bytes))
+        if reading.alternatives.count > Reading.maximumAlternatives { reading.alternatives.removeFirst() }
+        for (index, suspect) in reading.suspects.enumerated().reversed()
+        where offset < suspect.end && end > suspect.start {
+            guard let (type, plaintext) = tryCopies(connection, direction, suspect, [(offset, bytes)]) else { continue }
+            reading.suspects.remove(at: index)
+            counts.authenticationFailures -= 1
+            counts.recovered += 1
+            report(connection, at: at, "\(direction) seq=\(suspect.sequence): another copy of its bytes arrived and authenticates: shown (the failure above was a forged or damaged first copy)")
+            show(connection, direction, type, suspect.sequence, plaintext, at: at)
+        }
+    }
+
+    private func show(_ connection: Connection, _ direction: Direction, _ type: FrameType, _ sequence: UInt64,
+                      _ plaintext: [UInt8], at: CaptureTimestamp)
+    {
+        connection.setLastSequence(direction, sequence)
+        counts.frames += 1
+        row.removeAll(keepingCapacity: true)
+        let context = LineContext(
+            time: iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds), peer: connection.label,
+            session: UInt64(connection.key.instance),
+            extra: [("dir", direction.description), ("seq", String(sequence)), ("type", type.description)])
+        switch type {
+        case .data:
+            counts.dataFrames += 1
+            var lineCount = plaintext.count { $0 == 0x0A }
+            if let last = plaintext.last, last != 0x0A { lineCount += 1 }
+            counts.lines += lineCount
+            formatter.append(lines: plaintext, context: context, to: &row)
+            if formatter.format == .raw, let last = plaintext.last, last != 0x0A { row.append(0x0A) }
+        case .ack, .disconnect:
+            if type == .ack { counts.acks += 1 } else { counts.disconnects += 1 }
+            if formatter.format != .raw {
+                plaintext.withUnsafeBytes { formatter.append(note: $0, context: context, to: &row) }
+            }
+        }
+        output.write(row)
     }
 
     private func fail(_ connection: Connection, _ direction: Direction, _ error: ProtocolError, at: CaptureTimestamp) {
@@ -267,6 +442,7 @@ final class CaptureDecoder {
 
     private func gap(_ connection: Connection, _ direction: Direction, missing: UInt64, at: CaptureTimestamp) {
         guard connection.isLive, !connection.lost(direction) else { return }
+        connection.reading(direction).received += missing
         counts.gaps += 1
         let what = "\(missing) byte\(missing == 1 ? "" : "s") of \(direction) missing from the capture"
         if connection.handshakeCompleted {

@@ -15,7 +15,8 @@ struct DecryptLog: ParsableCommand {
             connections whose handshake is not in the capture, key mismatches and non-securemsg traffic are \
             reported on stderr, followed by a summary. TCP checksums are checked where the capture has \
             them (not offloaded, not snapped): a segment whose checksum fails is used only where no other \
-            copy of its bytes arrives. Exit status: 0 when everything found was decrypted \
+            copy of its bytes arrives, and a frame that fails authentication is tried again with any other copy \
+            of its bytes the capture holds. Exit status: 0 when everything found was decrypted \
             and authenticated, 1 otherwise, 2 for bad input (key, unreadable file, not a capture).
             """)
 
@@ -111,6 +112,9 @@ struct DecryptLog: ParsableCommand {
             (c.unreadable, "unreadable capture", "unreadable captures"),
         ].filter { $0.0 > 0 }.map { "\($0.0) \($0.0 == 1 ? $0.1 : $0.2)" }
         if !parts.isEmpty { text += ": " + parts.joined(separator: ", ") }
+        if c.recovered > 0 {
+            text += "; \(n(c.recovered, "frame")) authenticated with another copy of \(c.recovered == 1 ? "its" : "their") bytes"
+        }
         if c.evicted > 0 {
             text += "; \(n(c.evicted, "connection")) evicted at --max-connections (\(c.evictedWithData) with data)"
         }

@@ -143,4 +143,17 @@ import Testing
         #expect(String(decoding: result.stdout, as: UTF8.self) == DecryptLogTests.sessionOutput)
         #expect(result.stderr == DecryptLogTests.sessionSummary)
     }
+
+    /// A forged copy of DATA 1 that nothing tells apart before decryption (same length and type, the
+    /// offloaded checksum every loopback packet carries) arrives first and wins the overlap: the frame
+    /// fails authentication with it, and is shown when the genuine copy's bytes authenticate.
+    @Test func item11_aFrameThatFailsWithTheFirstCopyIsTriedWithTheOther() throws {
+        let result = try DecryptLogTests.decrypt(fixture: "forged.pcap")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(String(decoding: result.stdout, as: UTF8.self) == DecryptLogTests.sessionOutput)
+        let prefix = "securemsg decrypt-log: 127.0.0.1:59794->127.0.0.1:15151 #0 at 2026-11-27T01:38:40.075550Z: c2s seq=1: "
+        #expect(result.stderr == prefix + "authentication failed (frame tampered or corrupted); skipped\n"
+            + prefix + "another copy of its bytes arrived and authenticates: shown (the failure above was a forged or damaged first copy)\n"
+            + "securemsg decrypt-log: 1 connection (1 decrypted), 20 frames (9 DATA, 9 ACK, 2 DISCONNECT), 9 lines, 0 failures; 1 frame authenticated with another copy of its bytes\n")
+    }
 }

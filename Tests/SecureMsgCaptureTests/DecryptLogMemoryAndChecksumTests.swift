@@ -89,7 +89,7 @@ struct DecryptLogMemoryAndChecksumTests {
         #expect(events.count { if case .closed(let key, _, _) = $0 { key.instance == 0 } else { false } } == 2)
     }
 
-    @Test func item11_evictionTakesClosedRecordsThenSilentThenLeastRecentlyActive() {
+    @Test func item11_evictionTakesClosedRecordsThenHalfOpenThenEstablishedThenLeastRecentlyActive() {
         let reassembler = TCPReassembler(serverPort: 5050, maxConnections: 3)
         var events: [CaptureEvent] = []
         var time = 0
