@@ -49,7 +49,6 @@ public final class TCPReassembler {
         }
     }
 
-    /// Which eviction list a connection is on.
     /// Which eviction list a connection is on, first evicted first: closed records, then
     /// connections whose client never acknowledged anything (a lone SYN: a flood with forged
     /// sources), then established ones without payload, then those that carried payload.
