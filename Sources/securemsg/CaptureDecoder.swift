@@ -66,8 +66,10 @@ final class CaptureDecoder {
         var unit: [UInt8] = []
         var unitsDone = 0
         /// Frames cut but not yet reported by the observer (normally none after each call; the client's
-        /// frames wait here while the observer holds them for the ServerHello).
-        var waiting: [Unit] = []
+        /// frames wait here while the observer holds them for the ServerHello), from `waitingHead` on.
+        /// The observer reports frames in order, so each report takes the head: no search, no shifting.
+        private(set) var waiting: [Unit] = []
+        private var waitingHead = 0
         /// Frames that failed authentication, newest last, in case another copy of their bytes comes.
         var suspects: [Unit] = []
         /// Other copies of bytes of the current unit, a waiting frame or a suspect.
@@ -82,7 +84,28 @@ final class CaptureDecoder {
 
         /// Where the bytes still of interest start.
         var horizon: UInt64 {
-            min(unitStart, waiting.first?.start ?? .max, suspects.map(\.start).min() ?? .max)
+            min(unitStart, waitingHead < waiting.count ? waiting[waitingHead].start : .max, suspects.map(\.start).min() ?? .max)
+        }
+
+        func wait(_ unit: Unit) { waiting.append(unit) }
+
+        /// The waiting frame `sequence`, taken out (with any before it, which the observer passed over).
+        func take(_ sequence: UInt64) -> Unit? {
+            while waitingHead < waiting.count, waiting[waitingHead].sequence < sequence { waitingHead += 1 }
+            var found: Unit?
+            if waitingHead < waiting.count, waiting[waitingHead].sequence == sequence {
+                found = waiting[waitingHead]
+                waiting[waitingHead].bytes = []
+                waitingHead += 1
+            }
+            if waitingHead == waiting.count {
+                waiting.removeAll(keepingCapacity: waiting.count <= 64)
+                waitingHead = 0
+            } else if waitingHead >= 1024, waitingHead * 2 >= waiting.count {
+                waiting.removeFirst(waitingHead)
+                waitingHead = 0
+            }
+            return found
         }
 
         /// The bytes of `unit` with each of `patches` written over them (only where they overlap).
@@ -108,7 +131,7 @@ final class CaptureDecoder {
         /// (a plain retransmission: nothing new to try).
         func isKnownCopy(_ offset: UInt64, _ bytes: [UInt8]) -> Bool {
             let end = offset + UInt64(bytes.count)
-            for unit in [Unit(sequence: 0, start: unitStart, bytes: unit)] + waiting + suspects
+            for unit in [Unit(sequence: 0, start: unitStart, bytes: unit)] + waiting[waitingHead...] + suspects
             where unit.start <= offset && end <= unit.end {
                 return unit.bytes[Int(offset - unit.start)..<Int(end - unit.start)].elementsEqual(bytes)
             }
@@ -273,8 +296,8 @@ final class CaptureDecoder {
                 if index < ends.count {
                     // A whole unit: frames are remembered until the observer reports them.
                     if reading.unitsDone >= reading.handshakeUnits {
-                        reading.waiting.append(Reading.Unit(sequence: UInt64(reading.unitsDone - reading.handshakeUnits),
-                                                            start: reading.unitStart, bytes: reading.unit))
+                        reading.wait(Reading.Unit(sequence: UInt64(reading.unitsDone - reading.handshakeUnits),
+                                                  start: reading.unitStart, bytes: reading.unit))
                     }
                     reading.unitsDone += 1
                     reading.unitStart = base + UInt64(end)
@@ -315,15 +338,14 @@ final class CaptureDecoder {
             counts.decrypted += 1
         case let .frame(direction, type, sequence, plaintext):
             if let reading = direction == .clientToServer ? connection.readingClientToServer : connection.readingServerToClient {
-                reading.waiting.removeAll { $0.sequence == sequence }
+                _ = reading.take(sequence)
             }
             show(connection, direction, type, sequence, plaintext, at: at)
         case let .authenticationFailed(direction, sequence):
             connection.setLastSequence(direction, sequence)
             if let reading = direction == .clientToServer ? connection.readingClientToServer : connection.readingServerToClient,
-               let index = reading.waiting.firstIndex(where: { $0.sequence == sequence })
+               let unit = reading.take(sequence)
             {
-                let unit = reading.waiting.remove(at: index)
                 if let (type, plaintext) = tryCopies(connection, direction, unit, reading.overlapping(unit)) {
                     counts.recovered += 1
                     report(connection, at: at, "\(direction) seq=\(sequence): the first copy of its bytes failed authentication, another copy in the capture authenticates: shown")
