@@ -13,18 +13,26 @@ struct DecryptLog: ParsableCommand {
             `TIME CLIENT->SERVER #CONNECTION dir=c2s|s2c seq=N type=DATA|ACK|DISCONNECT TEXT` (text), one JSON \
             object per row (jsonl), or the DATA lines alone (raw). Frames that fail authentication, gaps, \
             connections whose handshake is not in the capture, key mismatches and non-securemsg traffic are \
-            reported on stderr, followed by a summary. Exit status: 0 when everything found was decrypted \
+            reported on stderr, followed by a summary. TCP checksums are checked where the capture has \
+            them (not offloaded, not snapped): a segment whose checksum fails is used only where no other \
+            copy of its bytes arrives, and a frame that fails authentication is tried again with any other copy \
+            of its bytes the capture holds. Exit status: 0 when everything found was decrypted \
             and authenticated, 1 otherwise (also when no connection used --port), 2 for bad input (key, unreadable file, not a capture).
             """)
 
     @OptionGroup var key: KeyOptions
     @Option(help: "The server's TCP port in the capture.") var port = 5050
     @Option(help: "Output format: text, jsonl or raw (DATA lines only).") var format: OutputFormat = .text
+    @Option(help: ArgumentHelp(
+        "Most connections tracked at once (each costs a few hundred bytes); past it the least recently active is evicted: first those whose client never acknowledged anything (a lone SYN), then those without payload.",
+        valueName: "n"))
+    var maxConnections = TCPReassembler.defaultMaxConnections
     @Argument(help: ArgumentHelp("pcap or pcapng files, read in order as one capture; - is stdin.", valueName: "capture"))
     var captures: [String]
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard !captures.isEmpty else { throw ValidationError("give at least one capture file (- for stdin)") }
         guard captures.count(where: { $0 == "-" }) <= 1 else { throw ValidationError("stdin (-) can be read only once") }
     }
@@ -45,8 +53,9 @@ struct DecryptLog: ParsableCommand {
             }
         }
         let sink = OutputSink()
-        let decoder = CaptureDecoder(key: preSharedKey, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink)
-        let reassembler = TCPReassembler(serverPort: UInt16(port))
+        let decoder = CaptureDecoder(
+            key: preSharedKey, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink, maxConnections: maxConnections)
+        let reassembler = TCPReassembler(serverPort: UInt16(port), maxConnections: maxConnections)
         var lastTime = CaptureTimestamp.zero
         files: for path in captures {
             let reader: CaptureFileReader
@@ -105,6 +114,12 @@ struct DecryptLog: ParsableCommand {
             (c.unreadable, "unreadable capture", "unreadable captures"),
         ].filter { $0.0 > 0 }.map { "\($0.0) \($0.0 == 1 ? $0.1 : $0.2)" }
         if !parts.isEmpty { text += ": " + parts.joined(separator: ", ") }
+        if c.recovered > 0 {
+            text += "; \(n(c.recovered, "frame")) authenticated with another copy of \(c.recovered == 1 ? "its" : "their") bytes"
+        }
+        if c.evicted > 0 {
+            text += "; \(n(c.evicted, "connection")) evicted at --max-connections (\(c.evictedWithData) with data)"
+        }
         return text
     }
 }
