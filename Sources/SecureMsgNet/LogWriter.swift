@@ -68,8 +68,9 @@ public final class LogWriter: @unchecked Sendable {
     /// path fails at startup, not at the first message; opens the stream table and reconciles the two
     /// (a torn tail of either is cut back). `diagnostics` must not block (serve's queue).
     public init(logPath: String?, logOptions: LogFileOptions = LogFileOptions(), sync: SyncPolicy, echoToStdout: Bool,
-                escapeEcho: Bool = false, streamTable: StreamTableConfiguration? = nil, faults: FaultInjector? = nil,
-                diagnostics: @escaping @Sendable (String) -> Void) throws {
+                escapeEcho: Bool = false, metrics: ServerMetrics? = nil, streamTable: StreamTableConfiguration? = nil,
+                faults: FaultInjector? = nil, diagnostics: @escaping @Sendable (String) -> Void) throws {
+        self.metrics = metrics
         self.logPath = logPath
         self.logOptions = logOptions
         self.sync = sync
@@ -260,9 +261,17 @@ public final class LogWriter: @unchecked Sendable {
         return false
     }
 
+    /// Records submitted and not yet taken by the writer thread (--metrics).
+    public var queueDepth: Int { queued.load(ordering: .relaxed) }
+
+    private let metrics: ServerMetrics?
+
     private func syncLog() -> Bool {
         guard logFD >= 0 else { return true }
-        if fdatasync(logFD) == 0 {
+        let started = metrics == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        let synced = fdatasync(logFD) == 0
+        if let metrics { metrics.synced(seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9) }
+        if synced {
             faults?.at(.logSynced)
             return true
         }

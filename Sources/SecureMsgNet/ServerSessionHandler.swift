@@ -128,6 +128,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         do {
             events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
         } catch {
+            if let metrics = shared.configuration.metrics, let error = error as? ProtocolError, error == .keyMismatch || error == .authenticationFailed {
+                metrics.authenticationFailed()
+            }
             flushOutbound()
             fail(String(describing: error))
             return
@@ -139,6 +142,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         updateCharge()
     }
 
+    /// With --metrics: when each frame at the writer arrived (keyed by the offset after its last line),
+    /// for the ACK latency histogram.
+    private var frameArrivals: [UInt64: (at: NIODeadline, lines: Int, bytes: Int)] = [:]
+
     private func handle(_ event: Session.Event) {
         switch event {
         case .helloReceived(let hello):
@@ -148,6 +155,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             handshakeTimer?.cancel()
             handshakeTimer = nil
             authenticated = true
+            shared.configuration.metrics?.sessionStarted()
             sourceSlot.release()
             lastFrameAt = .now()
             armIdleTimer()
@@ -297,7 +305,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         linesReceived += lineCount
-        pendingFrames.append((firstOffset + UInt64(lineCount), lines, 0, firstOffset))
+        let durableUpTo = firstOffset + UInt64(lineCount)
+        if shared.configuration.metrics != nil { frameArrivals[durableUpTo] = (.now(), lineCount, lines.count) }
+        pendingFrames.append((durableUpTo, lines, 0, firstOffset))
         pendingPlaintext += lines.count
         framesAtWriter += 1  // from now until its last slice is logged
     }
@@ -402,6 +412,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         if let durableUpTo, !logWriteFailed { session.acknowledge(durableUpTo: durableUpTo) }
+        if let durableUpTo, let metrics = shared.configuration.metrics, let arrival = frameArrivals.removeValue(forKey: durableUpTo) {
+            metrics.acknowledged(lines: arrival.lines, bytes: arrival.bytes,
+                                 seconds: Double((NIODeadline.now() - arrival.at).nanoseconds) / 1e9)
+        }
         formatPending()
         resumeReadingIfAllowed()
         finishDisconnectIfReady()
@@ -548,6 +562,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         if let pause = readPause {
+            if !readSuppressed { shared.configuration.metrics?.backpressureStall() }
             readSuppressed = true
             if pause == "budget" { waitForBudget() }
             return

@@ -118,8 +118,8 @@ struct Send: ParsableCommand {
         if verbose {
             let seconds = max(Date().timeIntervalSince(started), 1e-6)
             StandardError.line(String(
-                format: "securemsg send: %llu lines (%llu bytes) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
-                acknowledged, reader.bytesRead, seconds, Double(acknowledged) / seconds, Double(reader.bytesRead) / seconds / 1e6))
+                format: "securemsg send: %llu %@ (%llu %@) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
+                acknowledged, plural(Int(acknowledged), "line") as NSString, reader.bytesRead, plural(Int(reader.bytesRead), "byte") as NSString, seconds, Double(acknowledged) / seconds, Double(reader.bytesRead) / seconds / 1e6))
         }
     }
 }
@@ -239,7 +239,7 @@ final class ProgressLine: @unchecked Sendable {
         lastDraw = Date()
         drawn = true
         shown = latest
-        FileHandle.standardError.write(Data("\r\u{1B}[K\(latest) lines acknowledged".utf8))
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(latest) \(plural(Int(latest), "line")) acknowledged".utf8))
     }
 
     /// Erases the line (before any other stderr line, and at the end).
@@ -250,3 +250,6 @@ final class ProgressLine: @unchecked Sendable {
         drawn = false
     }
 }
+
+/// "1 line", "2 lines": the noun for a count.
+func plural(_ count: Int, _ noun: String) -> String { count == 1 ? noun : noun + "s" }

@@ -1,23 +1,6 @@
 import Foundation
 import Testing
 
-/// A free TCP port on 127.0.0.1 (bound, read, released: a server started right after gets it).
-func freeLoopbackPort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(fd, pointer, length)
-            return getsockname(fd, pointer, &length)
-        }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// serve on one fixed port and directory (so one log and one stream table), which tests kill and start
 /// again: the server of a restart test.
 final class RestartableServe: @unchecked Sendable {  // driven by one test thread at a time
@@ -33,7 +16,7 @@ final class RestartableServe: @unchecked Sendable {  // driven by one test threa
     init(arguments: [String] = [], start: Bool = true) throws {
         directory = Harness.temporaryDirectory()
         keyPath = try Harness.makeKey(in: directory)
-        port = freeLoopbackPort()
+        port = try freeLoopbackPort()
         self.arguments = arguments
         if start { try self.start() }
     }
