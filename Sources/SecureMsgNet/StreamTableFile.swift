@@ -163,15 +163,15 @@ struct StreamTableRecovery: Equatable {
     var groupsRolledBack: Int
 
     /// The argument (README "Stream table"): the writer appends a batch's lines to the log first and only
-    /// then a group naming the log's new size; with `--sync batch|always` it fdatasyncs the log before the
-    /// table, and an ACK leaves only after both. So at any instant of a crash:
+    /// then a group naming the log's new size; with `--sync batch|always` it then fdatasyncs both (at the
+    /// same time), and an ACK leaves only after both. So at any instant of a crash:
     /// - log bytes beyond the last group's size were never counted, and never acknowledged: they are cut
     ///   off, and the client resends those lines (it still holds them: they are unacknowledged);
     /// - a torn last group fails its CRC and is ignored, which is the same case;
     /// - a group whose size exceeds the current log's size counts lines the log lost (only possible
-    ///   when the machine crashed with the table written back before the log): it and every later group
-    ///   are dropped, rolling those streams back to what the log holds, and the log is cut to the size of
-    ///   the last group kept.
+    ///   when the machine crashed with the group on disk before the log's bytes — unacknowledged, since
+    ///   the ACK waits for both syncs): it and every later group are dropped, rolling those streams back
+    ///   to what the log holds, and the log is cut to the size of the last group kept.
     /// Groups naming another file (rotated away by SIGHUP) are kept as they are: that file is no longer
     /// ours to cut. Every file the writer writes to is named by a group (with its size at open) before
     /// the first line goes into it, so a current file no group names was not written by this table.
