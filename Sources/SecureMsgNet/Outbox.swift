@@ -42,6 +42,10 @@ public final class Outbox: @unchecked Sendable {
     let spool: Spool?
     /// Longest run handed out as one chunk (one DATA frame).
     public static let chunkBytes = 256 << 10
+    /// With a spool, lines not yet sent are also kept in memory up to this much, so the first sending
+    /// needs no read back from disk (a resend reads the segment).
+    static let spoolCacheBytes = 32 << 20
+    private var cachedBytes = 0
 
     /// Whether lines stay held once handed out, until acknowledged (for resending after a reconnect).
     /// A client that never reconnects lets them go at once: its memory then follows the send window, and
@@ -98,6 +102,10 @@ public final class Outbox: @unchecked Sendable {
             entry.bytes = lines
         }
         condition.lock()
+        if spool != nil && cachedBytes + lines.count <= Self.spoolCacheBytes {
+            entry.bytes = lines
+            cachedBytes += lines.count
+        }
         entries.append(entry)
         held += lines.count
         _nextOffset += UInt64(lineCount)
@@ -159,6 +167,10 @@ public final class Outbox: @unchecked Sendable {
         while index < entries.count, entries[index].firstOffset < synced, picked.isEmpty {
             picked.append(entries[index])
             bytes += entries[index].length
+            if spool != nil, entries[index].bytes != nil {
+                entries[index].bytes = nil  // sent: a resend reads it back from the spool
+                cachedBytes -= entries[index].length
+            }
             if !keepsSentLines && !entries[index].released {
                 entries[index].bytes = nil
                 entries[index].released = true
@@ -199,6 +211,7 @@ public final class Outbox: @unchecked Sendable {
         _firstHeld = target
         while head < entries.count, entries[head].endOffset <= target {
             if !entries[head].released { held -= entries[head].length }
+            if spool != nil, entries[head].bytes != nil { cachedBytes -= entries[head].length }
             entries[head].bytes = nil  // the memory goes now, not at the next compaction of the array
             head += 1
         }
@@ -221,6 +234,7 @@ public final class Outbox: @unchecked Sendable {
         entries.removeAll()
         head = 0
         held = 0
+        cachedBytes = 0
         _firstHeld = offset
         _nextOffset = offset
         synced = max(synced, offset)
