@@ -12,7 +12,7 @@ struct SecureMsg: ParsableCommand {
             ${XDG_CONFIG_HOME:-~/.config}/securemsg/key (serve creates it on first use). \
             Exit status: 0 success, 1 failure (connection, key mismatch, unacknowledged lines), 2 bad input.
             """,
-        subcommands: [Serve.self, Send.self, Repl.self, DecryptLog.self, Keygen.self]
+        subcommands: [Serve.self, Send.self, Repl.self, DecryptLog.self, Keygen.self, KeyringCommand.self, Fingerprint.self]
     )
 }
 
