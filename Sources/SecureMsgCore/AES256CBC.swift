@@ -41,21 +41,30 @@ public final class AES256CBC {
     public func encrypt(
         iv: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) -> Int {
+        encrypt(iv: iv, prefix: UnsafeRawBufferPointer(start: nil, count: 0), plaintext: plaintext, into: output)
+    }
+
+    /// Encrypts `prefix ‖ plaintext` without joining them first (a DATA frame's offset before its lines).
+    public func encrypt(
+        iv: UnsafeRawBufferPointer, prefix: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) -> Int {
         precondition(mode == .encrypt && iv.count == Self.blockLength)
-        precondition(output.count >= Self.ciphertextLength(plaintextLength: plaintext.count))
+        precondition(output.count >= Self.ciphertextLength(plaintextLength: prefix.count + plaintext.count))
         let out = output.baseAddress!.assumingMemoryBound(to: UInt8.self)
         guard EVP_EncryptInit_ex2(context, nil, nil, iv.baseAddress!.assumingMemoryBound(to: UInt8.self), nil) == 1
         else { fatalError("EVP_EncryptInit_ex2 failed") }
-        var written: Int32 = 0
-        if plaintext.count > 0 {
+        var written = 0
+        for part in [prefix, plaintext] where part.count > 0 {
+            var n: Int32 = 0
             guard EVP_EncryptUpdate(
-                context, out, &written, plaintext.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                Int32(plaintext.count)) == 1
+                context, out + written, &n, part.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(part.count)) == 1
             else { fatalError("EVP_EncryptUpdate failed") }
+            written += Int(n)
         }
         var final: Int32 = 0
-        guard EVP_EncryptFinal_ex(context, out + Int(written), &final) == 1 else { fatalError("EVP_EncryptFinal_ex failed") }
-        return Int(written + final)
+        guard EVP_EncryptFinal_ex(context, out + written, &final) == 1 else { fatalError("EVP_EncryptFinal_ex failed") }
+        return written + Int(final)
     }
 
     /// Decrypts and unpads. Returns the plaintext length, or nil when the ciphertext is not a whole

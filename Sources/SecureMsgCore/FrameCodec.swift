@@ -26,8 +26,21 @@ public final class FrameSealer {
 
     /// Writes one frame into `output` (at least `sealedLength` bytes) and returns its length.
     public func seal(_ type: FrameType, plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int {
-        precondition(plaintext.count <= Wire.maximumPlaintextLength, "plaintext over the frame limit")
-        let total = Self.sealedLength(plaintextLength: plaintext.count)
+        seal(type, offset: nil, plaintext: plaintext, into: output)
+    }
+
+    /// Like `seal(_:plaintext:into:)`, with the plaintext `offset:u64be ‖ plaintext` when `offset` is given
+    /// (a v2 DATA frame), encrypted without copying the lines.
+    public func seal(_ type: FrameType, offset: UInt64?, plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int {
+        var offsetBigEndian = (offset ?? 0).bigEndian
+        return withUnsafeBytes(of: &offsetBigEndian) { offsetBytes in
+            seal(type, prefix: offset == nil ? UnsafeRawBufferPointer(start: nil, count: 0) : offsetBytes, plaintext: plaintext, into: output)
+        }
+    }
+
+    private func seal(_ type: FrameType, prefix: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(prefix.count + plaintext.count <= Wire.maximumPlaintextLength, "plaintext over the frame limit")
+        let total = Self.sealedLength(plaintextLength: prefix.count + plaintext.count)
         precondition(output.count >= total)
         let base = output.baseAddress!
         let bodyLength = UInt32(total - Wire.lengthFieldSize)
@@ -37,7 +50,7 @@ public final class FrameSealer {
         random.fill(iv)
         let ciphertextStart = Wire.frameHeaderSize + Wire.ivLength
         let ciphertextLength = cipher.encrypt(
-            iv: UnsafeRawBufferPointer(iv), plaintext: plaintext,
+            iv: UnsafeRawBufferPointer(iv), prefix: prefix, plaintext: plaintext,
             into: UnsafeMutableRawBufferPointer(start: base + ciphertextStart, count: total - ciphertextStart))
         let tagStart = ciphertextStart + ciphertextLength
         precondition(tagStart + Wire.tagLength == total)
@@ -48,12 +61,12 @@ public final class FrameSealer {
     }
 
     /// Appends one frame to `buffer`.
-    public func seal(_ type: FrameType, plaintext: UnsafeRawBufferPointer, appendingTo buffer: inout [UInt8]) {
+    public func seal(_ type: FrameType, offset: UInt64? = nil, plaintext: UnsafeRawBufferPointer, appendingTo buffer: inout [UInt8]) {
         let start = buffer.count
-        let total = Self.sealedLength(plaintextLength: plaintext.count)
+        let total = Self.sealedLength(plaintextLength: (offset == nil ? 0 : Wire.dataOffsetLength) + plaintext.count)
         buffer.append(contentsOf: repeatElement(0, count: total))
         buffer.withUnsafeMutableBytes { all in
-            _ = seal(type, plaintext: plaintext, into: UnsafeMutableRawBufferPointer(rebasing: all[start...]))
+            _ = seal(type, offset: offset, plaintext: plaintext, into: UnsafeMutableRawBufferPointer(rebasing: all[start...]))
         }
     }
 }

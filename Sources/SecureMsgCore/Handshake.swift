@@ -1,36 +1,40 @@
-/// Handshake messages and key confirmation (docs/PROTOCOL.md, "Handshake").
+/// Handshake messages and key confirmation of v1 (docs/PROTOCOL.md, appendix A), read by the Observer.
 ///
 ///     ClientHello    = "SMSG" | 0x01 | client_nonce[32]                       (37 bytes)
 ///     ServerHello    = "SMSG" | 0x01 | server_nonce[32] | server_confirm[32]  (69 bytes)
 ///     ClientFinished = client_confirm[32]                                     (32 bytes)
 ///
-///     server_confirm = HMAC-SHA256(server confirmation key, ClientHello ‖ ServerHello[0..<37])
-///     client_confirm = HMAC-SHA256(client confirmation key, ClientHello ‖ ServerHello)
-enum Handshake {
+/// The confirmations are computed as in v2 (`Handshake.serverConfirmation`, `clientConfirmation`).
+enum HandshakeV1 {
     static func hello(nonce: [UInt8]) -> [UInt8] {
-        Wire.magic + [Wire.version] + nonce
+        Wire.magic + [Wire.V1.version] + nonce
     }
 
+    /// The nonce of a complete v1 hello whose prefix has been checked.
+    static func nonce(ofHello bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        Array(bytes[5..<37])
+    }
+}
+
+/// Prefix checks and key confirmation shared by every version.
+enum Handshake {
     /// Rejects a wrong magic or version as soon as the bytes that show it have arrived, so an HTTP
     /// request or a TLS ClientHello is refused at its first bytes rather than after a timeout.
-    static func checkHelloPrefix(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) {
+    static func checkPrefix(_ bytes: UnsafeRawBufferPointer, versions: ClosedRange<UInt8> = Wire.version...Wire.version) throws(ProtocolError) {
         for (i, expected) in Wire.magic.enumerated() where i < bytes.count {
             guard bytes[i] == expected else { throw .badMagic }
         }
-        if bytes.count > Wire.magic.count, bytes[Wire.magic.count] != Wire.version {
+        if bytes.count > Wire.magic.count, !versions.contains(bytes[Wire.magic.count]) {
             throw .unsupportedVersion(bytes[Wire.magic.count])
         }
     }
 
-    /// The nonce of a complete hello whose prefix has been checked.
-    static func nonce(ofHello bytes: UnsafeRawBufferPointer) -> [UInt8] {
-        Array(bytes[(Wire.magic.count + 1)..<(Wire.magic.count + 1 + Wire.nonceLength)])
-    }
-
+    /// server_confirm = HMAC-SHA256(server confirmation key, ClientHello ‖ ServerHello without its confirmation)
     static func serverConfirmation(keys: SessionKeys, clientHello: [UInt8], serverHelloPrefix: [UInt8]) -> [UInt8] {
         HMACSHA256.authenticate(key: keys.serverConfirmation, message: clientHello + serverHelloPrefix)
     }
 
+    /// client_confirm = HMAC-SHA256(client confirmation key, ClientHello ‖ ServerHello)
     static func clientConfirmation(keys: SessionKeys, clientHello: [UInt8], serverHello: [UInt8]) -> [UInt8] {
         HMACSHA256.authenticate(key: keys.clientConfirmation, message: clientHello + serverHello)
     }

@@ -39,7 +39,7 @@ public struct LineBatcher {
     private var currentLines = 0
 
     public init(targetBatchBytes: Int = 256 << 10) {
-        self.targetBatchBytes = min(targetBatchBytes, Wire.maximumPlaintextLength)
+        self.targetBatchBytes = min(targetBatchBytes, Wire.maximumLinesLength)
     }
 
     /// Takes a chunk of input and returns the batches it completes (all complete lines at hand).
@@ -116,7 +116,7 @@ public struct LineBatcher {
             current = []
             currentLines = 0
         }
-        if current.isEmpty { current.reserveCapacity(min(max(targetBatchBytes, line.count + 1), Wire.maximumPlaintextLength)) }
+        if current.isEmpty { current.reserveCapacity(min(max(targetBatchBytes, line.count + 1), Wire.maximumLinesLength)) }
         current.append(contentsOf: line)
         current.append(0x0A)
         currentLines += 1

@@ -1,7 +1,7 @@
 /// The 32-byte pre-shared key, and its one text encoding (docs/PROTOCOL.md, "Key file").
 ///
 /// Key file: any number of lines starting with `#` (comments) or blank, and exactly one line of
-/// 64 hexadecimal digits (either case). Surrounding white space is ignored. `keygen` writes a comment
+/// 64 hexadecimal digits (either case). Surrounding ASCII white space (space, tab, CR, VT, FF) is ignored. `keygen` writes a comment
 /// line and the hex line. SECUREMSG_KEY holds the 64 hex digits alone.
 public struct PreSharedKey: Sendable {
     public static let length = 32
@@ -24,10 +24,13 @@ public struct PreSharedKey: Sendable {
 }
 
 extension Substring {
+    /// Trims white space as docs/PROTOCOL.md §3.1 defines it: the ASCII characters space (20), tab (09),
+    /// carriage return (0D), vertical tab (0B) and form feed (0C) — nothing else (no Unicode spaces).
     func trimmingWhitespace() -> Substring {
+        func isWhiteSpace(_ c: Character) -> Bool { c == " " || c == "\t" || c == "\r" || c == "\u{0B}" || c == "\u{0C}" }
         var s = self
-        while let c = s.first, c.isWhitespace { s.removeFirst() }
-        while let c = s.last, c.isWhitespace { s.removeLast() }
+        while let c = s.first, isWhiteSpace(c) { s.removeFirst() }
+        while let c = s.last, isWhiteSpace(c) { s.removeLast() }
         return s
     }
 }

@@ -1,66 +1,142 @@
-/// The protocol state machine of one connection, for the client or the server (sans-I/O).
+/// The protocol v2 state machine of one connection, for the client or the server (sans-I/O).
 ///
-/// A driver feeds it the bytes it receives (`receive`), acts on the events it returns, asks it to send
-/// (`sendLines`, `acknowledge`, `disconnect`) and writes out whatever `takeOutbound` hands back. It owns
-/// every protocol rule; the driver owns sockets, timers and files. See docs/PROTOCOL.md, "State machine".
+/// A driver feeds it the bytes it receives (`receive`), acts on the events it returns, answers the
+/// server's `.helloReceived` (`accept`, `acceptUnknownIdentity`, `refuse`), asks it to send (`sendLines`,
+/// `acknowledge`, `sendPing`, `disconnect`) and writes out whatever `takeOutbound` hands back. It owns
+/// every protocol rule; the driver owns sockets, timers, key lookups and files. It speaks only v2: a v1
+/// ClientHello is answered with the Refusal "unsupported version". See docs/PROTOCOL.md §7.
 public final class Session {
     public enum Role: Sendable { case client, server }
 
     public enum State: Sendable, Equatable {
-        case awaitingHello  // client: ServerHello; server: ClientHello
+        case awaitingHello  // client: ServerHello or Refusal; server: ClientHello
+        case awaitingAnswer  // server only: `.helloReceived` reported; the driver must accept or refuse
         case awaitingFinished  // server only: ClientFinished
         case established
-        case disconnectSent  // we sent DISCONNECT first; waiting for the peer's
+        case disconnectSent  // we sent DISCONNECT first (a server then reads nothing more)
         case disconnectReceived  // peer sent DISCONNECT first; we may still ACK, then must answer
         case closed  // both DISCONNECTs exchanged: close the transport
+        case refused  // server: a Refusal is queued; write it and close
         case failed
     }
 
     public enum Event: Sendable, Equatable {
-        case handshakeCompleted
-        /// Server: a DATA frame. `lines` is its plaintext: one or more lines, each ending in "\n".
-        case data(sequence: UInt64, lines: [UInt8])
-        /// Client: an ACK covering frames up to `sequence`; `lines` were newly acknowledged by it.
-        case acknowledged(sequence: UInt64, lines: Int)
+        /// Server: a whole ClientHello. Answer with `accept`, `acceptUnknownIdentity` or `refuse`, now or later.
+        case helloReceived(ClientHelloInfo)
+        case handshakeCompleted(HandshakeInfo)
+        /// Server: a DATA frame (duplicates removed, gap reported). Log the lines, then `acknowledge`.
+        case data(DataDelivery)
+        /// Client: the server durably holds every line below `durableOffset`; `lines` of the lines this
+        /// session sent are newly acknowledged by it.
+        case acknowledged(durableOffset: UInt64, lines: Int)
+        /// A PONG answering one of our PINGs (PINGs from the peer are answered by the session itself).
+        case pong(payload: [UInt8])
         /// The peer sent DISCONNECT first. A server ACKs what it holds, then calls `disconnect()`;
-        /// a client answers with `disconnect()` at once.
-        case peerDisconnected(reason: String)
+        /// a client answers with `disconnect()` at once. `reason` is the peer's text, unescaped, cut at 1024 bytes.
+        case peerDisconnected(code: DisconnectCode, reason: String)
         /// The DISCONNECT exchange is complete.
         case closed
     }
 
-    public let role: Role
-    public private(set) var state: State = .awaitingHello
-    private let preSharedKey: PreSharedKey
-    private let random: RandomSource
-    private var localNonce: [UInt8] = []
-    private var clientHello: [UInt8] = []
-    private var serverHello: [UInt8] = []
-    private var keys: SessionKeys?
-    private var sealer: FrameSealer?
-    private var opener: FrameOpener?
-    private var assembler = UnitAssembler()
-    private var outbound: [UInt8] = []
+    public struct ClientOptions: Sendable {
+        public var key: PreSharedKey
+        /// ≤ 64 UTF-8 bytes without control characters (`Session.isValidIdentity`); empty = the single shared key.
+        public var identity: String
+        public var streamID: StreamID
+        public var forwardSecrecy: ForwardSecrecy
+        /// The offset of the first line the client still holds (0 for a new stream). Its first DATA frame
+        /// starts at max(this, the server's resume offset).
+        public var firstLineOffset: UInt64
 
-    // Client: DATA frames in flight, oldest first, as (sequence, line count).
-    private var inFlight: [(sequence: UInt64, lines: Int)] = []
-    private var inFlightHead = 0
-    public private(set) var acknowledgedLines = 0
-    public private(set) var sentLines = 0
+        public init(key: PreSharedKey, identity: String = "", streamID: StreamID = .random(),
+                    forwardSecrecy: ForwardSecrecy = .off, firstLineOffset: UInt64 = 0) {
+            self.key = key
+            self.identity = identity
+            self.streamID = streamID
+            self.forwardSecrecy = forwardSecrecy
+            self.firstLineOffset = firstLineOffset
+        }
+    }
+
+    public struct ServerOptions: Sendable {
+        /// Put the key-log line of FS sessions into `HandshakeInfo.keyLogLine` (serve --key-log).
+        public var keyLog: Bool
+        public init(keyLog: Bool = false) { self.keyLog = keyLog }
+    }
+
+    /// Bytes a server holds while the driver looks a key up (a conforming client sends none).
+    public static let maximumBytesBeforeServerHello = 4096
+
+    public let role: Role
+    public internal(set) var state: State = .awaitingHello
+    let random: RandomSource
+    var assembler = UnitAssembler()
+    var outbound: [UInt8] = []
+    var sealer: FrameSealer?
+    var opener: FrameOpener?
+
+    // Handshake state, dropped once established.
+    var clientOptions: ClientOptions?
+    var keyLog = false
+    var localNonce: [UInt8] = []
+    var ephemeral: X25519.PrivateKey?
+    var clientHello: [UInt8] = []
+    var parsedHello: HelloCodec.ClientHello?
+    var pendingKeys: SessionKeys?
+    var pendingInfo: HandshakeInfo?
+    var answeredUnknownIdentity = false
+
+    /// The completed handshake (nil before).
+    public internal(set) var handshake: HandshakeInfo?
+
+    // Client: line numbering and acknowledgement.
+    /// The offset the next line sent will carry.
+    public internal(set) var nextLineOffset: UInt64 = 0
+    /// Every line below this is durably held by the server (the last ACK, or the resume offset).
+    public internal(set) var acknowledgedOffset: UInt64 = 0
+    /// Where this session's numbering began (client: `HandshakeInfo.firstOffset`).
+    var sessionStartOffset: UInt64 = 0
+    /// Lines sent / acknowledged in this session (client).
+    public internal(set) var sentLines = 0
+    public internal(set) var acknowledgedLines = 0
+    var outstandingPings: [[UInt8]] = []
 
     // Server: what has arrived and what has been acknowledged.
-    public private(set) var lastDataSequence: UInt64?
-    public private(set) var lastAcknowledgedSequence: UInt64?
+    /// The next line offset the server does not hold (starts at the resume offset it announced).
+    public internal(set) var expectedOffset: UInt64 = 0
+    public internal(set) var lastDataSequence: UInt64?
 
-    public init(role: Role, key: PreSharedKey, random: RandomSource = SystemRandom()) {
-        self.role = role
-        self.preSharedKey = key
+    /// A client session; its ClientHello is queued at once.
+    public init(client options: ClientOptions, random: RandomSource = SystemRandom()) {
+        precondition(Self.isValidIdentity(options.identity), "identity must be ≤ 64 UTF-8 bytes without control characters")
+        role = .client
         self.random = random
-        if role == .client {
-            localNonce = random.bytes(Wire.nonceLength)
-            clientHello = Handshake.hello(nonce: localNonce)
-            outbound = clientHello
+        clientOptions = options
+        localNonce = random.bytes(Wire.nonceLength)
+        var flags: UInt8 = 0
+        if options.forwardSecrecy != .off {
+            flags |= Wire.flagForwardSecrecyOffered
+            if options.forwardSecrecy == .required { flags |= Wire.flagForwardSecrecyRequired }
+            var secret = random.bytes(X25519.keyLength)
+            ephemeral = X25519.PrivateKey(bytes: secret)
+            secureZero(&secret)
         }
+        clientHello = HelloCodec.clientHello(
+            flags: flags, nonce: localNonce, streamID: options.streamID, identity: Array(options.identity.utf8),
+            publicKey: ephemeral?.publicKey)
+        outbound = clientHello
+    }
+
+    /// A server session: it waits for a ClientHello and reports it as `.helloReceived`.
+    public init(server options: ServerOptions = ServerOptions(), random: RandomSource = SystemRandom()) {
+        role = .server
+        self.random = random
+        keyLog = options.keyLog
+    }
+
+    /// Whether `identity` may be sent in a ClientHello: ≤ 64 UTF-8 bytes, no C0/C1 control characters or DEL.
+    public static func isValidIdentity(_ identity: String) -> Bool {
+        HelloCodec.validIdentity(Array(identity.utf8)) != nil
     }
 
     // MARK: Output
@@ -73,107 +149,117 @@ public final class Session {
 
     public var hasOutbound: Bool { !outbound.isEmpty }
 
-    /// Client: the sequence number of the last DATA frame sent.
-    public private(set) var lastDataSequenceSent: UInt64?
+    // MARK: Server: answering the hello
 
-    /// Lines sent but not yet acknowledged (client).
-    public var unacknowledgedLines: Int { sentLines - acknowledgedLines }
-
-    /// True while the client may send DATA.
-    public var canSend: Bool { state == .established }
-
-    /// Client: sends one DATA frame holding `lines` (one or more lines, each ending in "\n"; at most
-    /// `Wire.maximumPlaintextLength` bytes). Returns its sequence number.
+    /// Server: answers `.helloReceived` with the identity's key and the stream's resume offset (the first
+    /// line it does not durably hold). Forward secrecy is used iff `forwardSecrecy` and the client offered
+    /// it. Throws (and queues a Refusal) if the client required forward secrecy and `forwardSecrecy` is
+    /// false, or if the client's X25519 key has low order. Bytes that arrived while the driver looked the
+    /// key up are processed now: their events are returned, their failure thrown.
     @discardableResult
-    public func sendLines(_ lines: UnsafeRawBufferPointer, lineCount: Int) -> UInt64 {
-        precondition(role == .client && state == .established, "DATA is sent by an established client")
-        precondition(lines.count > 0 && lines[lines.count - 1] == 0x0A && lineCount > 0)
-        let sealer = self.sealer!
-        let sequence = sealer.nextSequence
-        sealer.seal(.data, plaintext: lines, appendingTo: &outbound)
-        inFlight.append((sequence, lineCount))
-        lastDataSequenceSent = sequence
-        sentLines += lineCount
-        return sequence
+    public func accept(key: PreSharedKey, resumeOffset: UInt64, forwardSecrecy: Bool) throws(ProtocolError) -> [Event] {
+        precondition(role == .server && state == .awaitingAnswer, "accept answers .helloReceived")
+        let hello = parsedHello!
+        if hello.info.forwardSecrecyRequired && !forwardSecrecy {
+            refuse(code: .forwardSecrecyRequired, text: RefusalCode.forwardSecrecyRequired.description)
+            throw .forwardSecrecyRequired
+        }
+        localNonce = random.bytes(Wire.nonceLength)
+        var sharedSecret: [UInt8]?
+        var publicKey: [UInt8]?
+        if forwardSecrecy && hello.info.forwardSecrecyOffered {
+            var secret = random.bytes(X25519.keyLength)
+            let own = X25519.PrivateKey(bytes: secret)
+            secureZero(&secret)
+            do {
+                sharedSecret = try own.sharedSecret(peerPublicKey: hello.publicKey!)
+            } catch {
+                refuse(code: .malformedHello, text: "malformed hello: low-order X25519 public key")
+                throw .lowOrderPoint
+            }
+            publicKey = own.publicKey
+        }
+        defer { if sharedSecret != nil { secureZero(&sharedSecret!) } }
+        let keys = SessionKeys(preSharedKey: key, sharedSecret: sharedSecret, clientNonce: hello.nonce, serverNonce: localNonce)
+        let prefix = HelloCodec.serverHelloPrefix(nonce: localNonce, resumeOffset: resumeOffset, publicKey: publicKey)
+        let serverHello = prefix + Handshake.serverConfirmation(keys: keys, clientHello: clientHello, serverHelloPrefix: prefix)
+        outbound.append(contentsOf: serverHello)
+        install(keys)
+        pendingKeys = keys
+        clientHello += serverHello  // the transcript the ClientFinished confirms
+        expectedOffset = resumeOffset
+        acknowledgedOffset = resumeOffset
+        pendingInfo = HandshakeInfo(
+            identity: hello.identity, streamID: hello.streamID, forwardSecrecy: sharedSecret != nil,
+            resumeOffset: resumeOffset, firstOffset: resumeOffset, gap: nil,
+            keyLogLine: keyLog ? sharedSecret.map { KeyLog.line(clientNonce: hello.nonce, sharedSecret: $0) } : nil)
+        state = .awaitingFinished
+        var events: [Event] = []
+        do {
+            try assembler.drain(
+                unitLength: { (prefix) throws(ProtocolError) -> Int? in try self.unitLength(prefix) },
+                process: { (unit) throws(ProtocolError) -> Bool in try self.process(unit, events: &events) })
+        } catch {
+            state = .failed
+            throw error
+        }
+        return events
     }
 
-    /// Bytes on the wire for a DATA frame of `plaintextLength` bytes.
-    public static func sealedLength(plaintextLength: Int) -> Int {
-        FrameSealer.sealedLength(plaintextLength: plaintextLength)
-    }
-
-    /// Client: like `sendLines`, but seals the frame straight into `output` (at least
-    /// `sealedLength(plaintextLength:)` bytes, e.g. a socket buffer) and returns its length — one copy
-    /// fewer on the bulk path. Anything queued for `takeOutbound` must have been taken first, since it
-    /// precedes this frame on the wire.
-    public func sendLines(_ lines: UnsafeRawBufferPointer, lineCount: Int, into output: UnsafeMutableRawBufferPointer) -> Int {
-        precondition(role == .client && state == .established, "DATA is sent by an established client")
-        precondition(lines.count > 0 && lines[lines.count - 1] == 0x0A && lineCount > 0)
-        precondition(outbound.isEmpty, "queued bytes must be written before a directly sealed frame")
-        let sealer = self.sealer!
-        inFlight.append((sealer.nextSequence, lineCount))
-        lastDataSequenceSent = sealer.nextSequence
-        sentLines += lineCount
-        return sealer.seal(.data, plaintext: lines, into: output)
-    }
-
+    /// Server: answers `.helloReceived` for an identity it has no key for. The handshake goes on under a
+    /// random key and fails as a key mismatch on both sides (this side throws `.unknownIdentity`), so a
+    /// client cannot tell an unknown identity from a wrong key (docs/PROTOCOL.md §11).
     @discardableResult
-    public func sendLines(_ lines: [UInt8], lineCount: Int) -> UInt64 {
-        lines.withUnsafeBytes { sendLines($0, lineCount: lineCount) }
+    public func acceptUnknownIdentity(forwardSecrecy: Bool = false) throws(ProtocolError) -> [Event] {
+        precondition(role == .server && state == .awaitingAnswer, "acceptUnknownIdentity answers .helloReceived")
+        let dummy = PreSharedKey(bytes: random.bytes(PreSharedKey.length))
+        answeredUnknownIdentity = true
+        return try accept(key: dummy, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
     }
 
-    /// Server: acknowledges every DATA frame up to `sequence` (which must have arrived). Call it only
-    /// once the lines are durably written: an ACK is the promise that they are logged.
-    public func acknowledge(through sequence: UInt64) {
-        precondition(role == .server && (state == .established || state == .disconnectReceived))
-        precondition(lastDataSequence.map { sequence <= $0 } ?? false, "ACK for a frame that has not arrived")
-        if let last = lastAcknowledgedSequence, sequence <= last { return }
-        lastAcknowledgedSequence = sequence
-        let text = Array("\(Wire.acknowledgementText) \(sequence)".utf8)
-        text.withUnsafeBytes { sealer!.seal(.ack, plaintext: $0, appendingTo: &outbound) }
+    /// Server: refuses before the handshake (at connect, or in answer to `.helloReceived`) with an
+    /// unauthenticated Refusal; `text` is cut at 200 UTF-8 bytes. The driver writes it and closes.
+    public func refuse(code: RefusalCode, text: String) {
+        precondition(role == .server && (state == .awaitingHello || state == .awaitingAnswer), "refusal comes before the handshake")
+        outbound.append(contentsOf: HelloCodec.refusal(code: code, text: text))
+        state = .refused
+        parsedHello = nil
     }
 
-    /// Sends DISCONNECT (first, or in answer to the peer's). `reason` is short UTF-8 text, e.g.
-    /// "server shutting down"; empty for an ordinary end.
-    public func disconnect(reason: String = "") {
-        switch state {
-        case .established:
-            state = .disconnectSent
-        case .disconnectReceived:
-            state = .closed
-        default:
-            return  // nothing to say before the handshake, or twice
-        }
-        // At most 1024 bytes, cut at a character boundary so that the reason stays valid UTF-8.
-        var text: [UInt8] = []
-        for character in reason {
-            let utf8 = character.utf8
-            guard text.count + utf8.count <= 1024 else { break }
-            text.append(contentsOf: utf8)
-        }
-        text.withUnsafeBytes { sealer!.seal(.disconnect, plaintext: $0, appendingTo: &outbound) }
+    func install(_ keys: SessionKeys) {
+        let (sendDirection, receiveDirection): (Direction, Direction) =
+            role == .client ? (.clientToServer, .serverToClient) : (.serverToClient, .clientToServer)
+        sealer = FrameSealer(encryptionKey: keys.encryptionKey(sendDirection), authenticationKey: keys.authenticationKey(sendDirection), random: random)
+        opener = FrameOpener(encryptionKey: keys.encryptionKey(receiveDirection), authenticationKey: keys.authenticationKey(receiveDirection))
     }
 
     // MARK: Input
 
-    /// Feeds received bytes. Throws on the first protocol failure; the session is then `failed`, and the
-    /// driver writes any `takeOutbound()` bytes (a ClientFinished, so the server learns of a key
-    /// mismatch too) and closes. Events of units that preceded the failing one in the same call are not
-    /// returned: a server never logs or ACKs DATA that arrived in the same read as a failure (the client
-    /// sees it unacknowledged), though a client's `acknowledgedLines` counts ACKs verified before it.
+    /// Feeds received bytes. Throws on the first protocol failure; the session is then `failed` (or
+    /// `refused`), and the driver writes any `takeOutbound()` bytes (a Refusal, or a ClientFinished so the
+    /// server learns of a key mismatch too) and closes. Events of units that preceded the failing one in
+    /// the same call are not returned: a server never logs or ACKs DATA that arrived in the same read as a
+    /// failure. A server that sent DISCONNECT drops everything it reads, unparsed (docs/PROTOCOL.md §8.3).
     public func receive(_ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> [Event] {
-        guard state != .failed else { throw .protocolViolation("session already failed") }
+        switch state {
+        case .failed: throw .protocolViolation("session already failed")
+        case .refused: return []
+        case .disconnectSent where role == .server: return []
+        default: break
+        }
         var events: [Event] = []
-        do {
+        do throws(ProtocolError) {
             try assembler.feed(
                 bytes,
                 unitLength: { (prefix) throws(ProtocolError) -> Int? in try self.unitLength(prefix) },
-                process: { (unit) throws(ProtocolError) -> Bool in
-                    try self.process(unit, events: &events)
-                    return true
-                })
+                process: { (unit) throws(ProtocolError) -> Bool in try self.process(unit, events: &events) })
+            // A client sends nothing before it has the ServerHello; a little is held (it fails as a
+            // ClientFinished once the driver answers), a flood is refused while the key lookup runs.
+            if state == .awaitingAnswer, assembler.pendingCount > Self.maximumBytesBeforeServerHello {
+                throw .protocolViolation("the client sent bytes before the ServerHello")
+            }
         } catch {
-            state = .failed
+            if state != .refused { state = .failed }
             throw error
         }
         return events
@@ -183,10 +269,11 @@ public final class Session {
         try withBytes(bytes) { (b) throws(ProtocolError) -> [Event] in try receive(b) }
     }
 
-    /// The peer closed its side. Fine after the DISCONNECT exchange (or after we sent ours); otherwise an error.
+    /// The peer closed its side. Fine after the DISCONNECT exchange, after our DISCONNECT (server) or a
+    /// refusal; otherwise an error.
     public func receiveEndOfStream() throws(ProtocolError) {
         switch state {
-        case .closed, .failed:
+        case .closed, .failed, .refused:
             return
         case .disconnectSent where role == .server:
             return  // a server that ended the session need not wait for the client's answer
@@ -197,132 +284,119 @@ public final class Session {
     }
 
     private func unitLength(_ prefix: UnsafeRawBufferPointer) throws(ProtocolError) -> Int? {
-        switch state {
-        case .awaitingHello:
-            try Handshake.checkHelloPrefix(prefix)
-            return role == .server ? Wire.clientHelloLength : Wire.serverHelloLength
-        case .awaitingFinished:
+        switch (state, role) {
+        case (.awaitingHello, .server):
+            do {
+                return try HelloCodec.clientHelloLength(prefix)
+            } catch {
+                refuseFor(error)
+                throw error
+            }
+        case (.awaitingHello, .client):
+            let options = clientOptions!
+            return try HelloCodec.serverMessageLength(
+                prefix, offered: options.forwardSecrecy != .off, required: options.forwardSecrecy == .required)
+        case (.awaitingAnswer, _), (.awaitingFinished, _):
             return Wire.clientFinishedLength
         default:
             return try frameUnitLength(prefix)
         }
     }
 
-    private func process(_ unit: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
+    /// Queues the Refusal that answers a bad ClientHello (none for bad magic: not a securemsg peer).
+    private func refuseFor(_ error: ProtocolError) {
+        switch error {
+        case .unsupportedVersion(let version):
+            refuse(code: .unsupportedVersion, text: "unsupported version \(version); this server speaks version \(Wire.version)")
+        case .malformedHello(let what):
+            refuse(code: .malformedHello, text: "malformed hello: \(what)")
+        default:
+            break
+        }
+    }
+
+    /// Returns false to hold `unit` and what follows until the driver answers the hello.
+    private func process(_ unit: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) -> Bool {
         switch (state, role) {
+        case (.awaitingAnswer, _):
+            return false
         case (.awaitingHello, .server):
-            clientHello = Array(unit)
-            localNonce = random.bytes(Wire.nonceLength)
-            let keys = SessionKeys(preSharedKey: preSharedKey, clientNonce: Handshake.nonce(ofHello: unit), serverNonce: localNonce)
-            let prefix = Handshake.hello(nonce: localNonce)
-            serverHello = prefix + Handshake.serverConfirmation(keys: keys, clientHello: clientHello, serverHelloPrefix: prefix)
-            outbound.append(contentsOf: serverHello)
-            install(keys)
-            self.keys = keys
-            state = .awaitingFinished
-        case (.awaitingFinished, .server):
-            let expected = Handshake.clientConfirmation(keys: keys!, clientHello: clientHello, serverHello: serverHello)
-            keys = nil  // only the frame contexts need key material from here on
-            guard expected.withUnsafeBytes({ constantTimeEquals($0, unit) }) else { throw .keyMismatch }
-            clientHello = []
-            serverHello = []
-            state = .established
-            events.append(.handshakeCompleted)
-        case (.awaitingHello, .client):
-            serverHello = Array(unit)
-            let keys = SessionKeys(preSharedKey: preSharedKey, clientNonce: localNonce, serverNonce: Handshake.nonce(ofHello: unit))
-            // ClientFinished goes out even when the server's confirmation is wrong, so that the server
-            // also reports "key mismatch" instead of a bare disconnect.
-            outbound.append(contentsOf: Handshake.clientConfirmation(keys: keys, clientHello: clientHello, serverHello: serverHello))
-            let expected = Handshake.serverConfirmation(keys: keys, clientHello: clientHello, serverHelloPrefix: Array(unit[..<Wire.clientHelloLength]))
-            guard expected.withUnsafeBytes({ constantTimeEquals($0, UnsafeRawBufferPointer(rebasing: unit[Wire.clientHelloLength...])) }) else {
-                throw .keyMismatch
+            let hello: HelloCodec.ClientHello
+            do {
+                hello = try HelloCodec.parseClientHello(unit)
+            } catch {
+                refuseFor(error)
+                throw error
             }
-            install(keys)
-            clientHello = []
-            serverHello = []
-            state = .established
-            events.append(.handshakeCompleted)
+            clientHello = Array(unit)
+            parsedHello = hello
+            state = .awaitingAnswer
+            events.append(.helloReceived(hello.info))
+        case (.awaitingFinished, .server):
+            let expected = Handshake.clientConfirmation(keys: pendingKeys!, clientHello: parsedHelloBytes, serverHello: serverHelloBytes)
+            pendingKeys = nil
+            guard expected.withUnsafeBytes({ constantTimeEquals($0, unit) }) else {
+                throw answeredUnknownIdentity ? .unknownIdentity(parsedHello!.identity) : .keyMismatch
+            }
+            completeHandshake(pendingInfo!, events: &events)
+        case (.awaitingHello, .client):
+            try processServerHello(unit, events: &events)
         default:
             try processFrame(unit, events: &events)
         }
+        return true
     }
 
-    private func install(_ keys: SessionKeys) {
-        let (sendDirection, receiveDirection): (Direction, Direction) =
-            role == .client ? (.clientToServer, .serverToClient) : (.serverToClient, .clientToServer)
-        sealer = FrameSealer(encryptionKey: keys.encryptionKey(sendDirection), authenticationKey: keys.authenticationKey(sendDirection), random: random)
-        opener = FrameOpener(encryptionKey: keys.encryptionKey(receiveDirection), authenticationKey: keys.authenticationKey(receiveDirection))
+    // The server keeps ClientHello ‖ ServerHello in `clientHello` after `accept`.
+    private var parsedHelloBytes: [UInt8] { Array(clientHello[..<(clientHello.count - serverHelloLength)]) }
+    private var serverHelloBytes: [UInt8] { Array(clientHello[(clientHello.count - serverHelloLength)...]) }
+    private var serverHelloLength: Int {
+        Wire.serverHelloFixedLength + (pendingInfo?.forwardSecrecy == true ? Wire.x25519KeyLength : 0)
     }
 
-    private func processFrame(_ frame: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
-        guard state != .closed else { throw .protocolViolation("frame after the disconnect exchange") }
-        let (type, sequence, plaintext) = try opener!.open(frame: frame)
-        // The length limit lets a ciphertext of 2^20 + 16 bytes carry up to 15 bytes more than a sender may seal.
-        guard plaintext.count <= Wire.maximumPlaintextLength else { throw .protocolViolation("plaintext over the frame limit") }
-        switch (type, role) {
-        case (.data, .server):
-            guard state == .established || state == .disconnectSent else {
-                throw .protocolViolation("DATA after DISCONNECT")
+    private func processServerHello(_ unit: UnsafeRawBufferPointer, events: inout [Event]) throws(ProtocolError) {
+        if HelloCodec.isRefusal(unit) {
+            let (code, text) = HelloCodec.parseRefusal(unit)
+            throw .refused(code: code, text: text)
+        }
+        let options = clientOptions!
+        let hello = HelloCodec.parseServerHello(unit)
+        var sharedSecret: [UInt8]?
+        if let peer = hello.publicKey {
+            do {
+                sharedSecret = try ephemeral!.sharedSecret(peerPublicKey: peer)
+            } catch {
+                throw .lowOrderPoint
             }
-            guard plaintext.last == 0x0A else { throw .protocolViolation("DATA that does not end with a newline") }
-            // After our DISCONNECT we no longer log, so we must not deliver (and never ACK) what arrives.
-            guard state == .established else { return }
-            lastDataSequence = sequence
-            events.append(.data(sequence: sequence, lines: plaintext))
-        case (.ack, .client):
-            guard state == .established || state == .disconnectSent || state == .disconnectReceived else {
-                throw .protocolViolation("ACK in state \(state)")
-            }
-            let acknowledged = try acknowledgedSequence(plaintext)
-            events.append(.acknowledged(sequence: acknowledged, lines: try retire(through: acknowledged)))
-        case (.disconnect, _):
-            let reason = String(decoding: plaintext, as: UTF8.self)
-            switch state {
-            case .established:
-                state = .disconnectReceived
-                events.append(.peerDisconnected(reason: reason))
-            case .disconnectSent:
-                state = .closed
-                events.append(.closed)
-            default:
-                throw .protocolViolation("second DISCONNECT")
-            }
-        default:
-            throw .protocolViolation("\(type) frame sent by the \(role == .client ? "server" : "client")")
         }
+        defer { if sharedSecret != nil { secureZero(&sharedSecret!) } }
+        ephemeral = nil
+        let keys = SessionKeys(preSharedKey: options.key, sharedSecret: sharedSecret, clientNonce: localNonce, serverNonce: hello.nonce)
+        // ClientFinished goes out even when the server's confirmation is wrong, so that the server
+        // also reports "key mismatch" instead of a bare disconnect.
+        outbound.append(contentsOf: Handshake.clientConfirmation(keys: keys, clientHello: clientHello, serverHello: Array(unit)))
+        let expected = Handshake.serverConfirmation(keys: keys, clientHello: clientHello, serverHelloPrefix: hello.prefix)
+        guard constantTimeEquals(expected, hello.confirmation) else { throw .keyMismatch }
+        install(keys)
+        let first = max(hello.resumeOffset, options.firstLineOffset)
+        nextLineOffset = first
+        sessionStartOffset = first
+        acknowledgedOffset = hello.resumeOffset
+        completeHandshake(
+            HandshakeInfo(
+                identity: options.identity, streamID: options.streamID, forwardSecrecy: sharedSecret != nil,
+                resumeOffset: hello.resumeOffset, firstOffset: first,
+                gap: first > hello.resumeOffset ? hello.resumeOffset..<first : nil, keyLogLine: nil),
+            events: &events)
     }
 
-    /// Parses "Message received N".
-    private func acknowledgedSequence(_ plaintext: [UInt8]) throws(ProtocolError) -> UInt64 {
-        let prefix = Array((Wire.acknowledgementText + " ").utf8)
-        guard plaintext.count > prefix.count, plaintext.count <= prefix.count + 20, plaintext.starts(with: prefix) else {
-            throw .protocolViolation("malformed ACK")
-        }
-        let digits = plaintext[prefix.count...]
-        guard digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), digits.first != 0x30 || digits.count == 1,
-              let value = UInt64(String(decoding: digits, as: UTF8.self))
-        else { throw .protocolViolation("malformed ACK") }
-        return value
-    }
-
-    /// Retires in-flight frames up to `sequence`; an ACK must cover at least one new DATA frame.
-    private func retire(through sequence: UInt64) throws(ProtocolError) -> Int {
-        // Every frame a client sends before its last DATA is DATA, so `sequence` names a DATA frame sent
-        // iff it is at most the last one's (the DISCONNECT's number is not acknowledgeable).
-        guard inFlightHead < inFlight.count, inFlight[inFlightHead].sequence <= sequence,
-              sequence <= inFlight[inFlight.count - 1].sequence
-        else { throw .protocolViolation("ACK \(sequence) does not acknowledge a DATA frame in flight") }
-        var lines = 0
-        while inFlightHead < inFlight.count, inFlight[inFlightHead].sequence <= sequence {
-            lines += inFlight[inFlightHead].lines
-            inFlightHead += 1
-        }
-        if inFlightHead > 1024, inFlightHead * 2 > inFlight.count {
-            inFlight.removeFirst(inFlightHead)
-            inFlightHead = 0
-        }
-        acknowledgedLines += lines
-        return lines
+    private func completeHandshake(_ info: HandshakeInfo, events: inout [Event]) {
+        clientHello = []
+        parsedHello = nil
+        pendingInfo = nil
+        clientOptions = nil
+        handshake = info
+        state = .established
+        events.append(.handshakeCompleted(info))
     }
 }

@@ -16,6 +16,12 @@ public struct ClientOptions: Sendable {
     /// An ACK waits for the server's fdatasync, which now and then takes tens of milliseconds; 16 MiB
     /// lets sealing go on meanwhile (8 MiB: 1000-byte lines 15–20% slower with `--sync batch`).
     public var window = 16 << 20
+    /// Offer (`.offered`) or insist on (`.required`) forward secrecy; PSK-only by default.
+    public var forwardSecrecy: ForwardSecrecy = .off
+    /// PING after `interval` without anything from the server; give up after `timeout`.
+    public var heartbeat = Heartbeat.Configuration()
+    /// The stream this session's lines belong to: fresh per run until clients keep a spool.
+    public var streamID = StreamID.random()
 
     public init(key: PreSharedKey) { self.key = key }
 }
@@ -25,7 +31,8 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
     case connect(String)
     case timeout(String)
     case protocolError(ProtocolError)
-    case closedByServer(reason: String)
+    /// The server sent DISCONNECT first: its code and (unescaped) reason.
+    case closedByServer(code: DisconnectCode, reason: String)
     case connectionLost
     case unacknowledged(Int)
 
@@ -34,7 +41,11 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
         case .connect(let what): what
         case .timeout(let what): what
         case .protocolError(let error): "\(error)"
-        case .closedByServer(let reason): "server ended the session" + (reason.isEmpty ? "" : ": \(reason)")
+        case .closedByServer(let code, let reason):
+            // The reason is the server's text: escaped, so it cannot drive a terminal or forge a line.
+            "server ended the session"
+                + (reason.isEmpty ? "" : ": " + PeerText.escaped(Array(reason.utf8), limit: Wire.maximumDisconnectReasonLength))
+                + " (code \(code.rawValue), \(code))"
         case .connectionLost: "connection lost: the server went away"
         case .unacknowledged(let n): "server closed with \(n) line\(n == 1 ? "" : "s") unacknowledged"
         }
@@ -83,7 +94,7 @@ public final class ClientConnection: @unchecked Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = ClientSessionHandler(key: options.key, acknowledgementTimeout: options.acknowledgementTimeout)
+                    let handler = ClientSessionHandler(options: options)
                     // Kept here, not looked up in the pipeline later: a fast failure (key mismatch) may
                     // tear the pipeline down before `attach`, and its reason must not be lost.
                     created.withLockedValue { $0 = handler }
@@ -127,7 +138,7 @@ public final class ClientConnection: @unchecked Sendable {
         condition.lock()
         while !terminated && bytesInFlight > 0 && bytesInFlight + lines.count > options.window { condition.wait() }
         if terminated {
-            let failure = self.failure ?? .closedByServer(reason: "")
+            let failure = self.failure ?? .closedByServer(code: .normal, reason: "")
             condition.unlock()
             throw failure
         }
@@ -214,7 +225,8 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private let session: Session
     private var sealed: [ByteBuffer] = []
     private var writeScheduled = false
-    private var frameBytes: [(sequence: UInt64, bytes: Int)] = []
+    /// In-flight frames: the offset after each frame's last line, and its bytes of lines (for the window).
+    private var frameBytes: [(endOffset: UInt64, bytes: Int)] = []
     private var frameHead = 0
     private var lastProgress = NIODeadline.now()
 
@@ -223,12 +235,16 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private var context: ChannelHandlerContext?
     private var wantDisconnect = false
     private var watchdog: RepeatedTask?
+    private var heartbeat: Heartbeat?
+    private var heartbeatTimer: Scheduled<Void>?
 
     private let acknowledgementTimeout: TimeAmount
+    private let heartbeatConfiguration: Heartbeat.Configuration
 
-    init(key: PreSharedKey, acknowledgementTimeout: TimeAmount) {
-        session = Session(role: .client, key: key)
-        self.acknowledgementTimeout = acknowledgementTimeout
+    init(options: ClientOptions) {
+        session = Session(client: .init(key: options.key, streamID: options.streamID, forwardSecrecy: options.forwardSecrecy))
+        acknowledgementTimeout = options.acknowledgementTimeout
+        heartbeatConfiguration = options.heartbeat
     }
 
     /// Events can arrive before the connection object is attached (a fast server answers the hello
@@ -267,6 +283,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        if heartbeat != nil { heartbeat!.received(now: NIODeadline.now().uptimeNanoseconds) }
         do {
             let events = try lock.withLock { try buffer.withUnsafeReadableBytes { try session.receive($0) } }
             for event in events { handle(event, context: context) }
@@ -283,12 +300,14 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             handshakeCompleted = true
             connection?.handshakeCompleted()
             startWatchdog(context)
+            startHeartbeat(context)
             if wantDisconnect { disconnect() }
-        case .acknowledged(let sequence, let lines):
+        case .acknowledged(let durableOffset, let lines):
             let bytes: Int = lock.withLock {
                 lastProgress = .now()
                 var bytes = 0
-                while frameHead < frameBytes.count, frameBytes[frameHead].sequence <= sequence {
+                // ACKs name line offsets: every frame whose lines all lie below the offset is retired.
+                while frameHead < frameBytes.count, frameBytes[frameHead].endOffset <= durableOffset {
                     bytes += frameBytes[frameHead].bytes
                     frameHead += 1
                 }
@@ -299,7 +318,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
                 return bytes
             }
             connection?.acknowledged(lines: lines, bytes: bytes)
-        case .peerDisconnected(let reason):
+        case .peerDisconnected(let code, let reason):
             // The server is ending the session (shutdown, idle timeout): answer, then report.
             let unacknowledged = lock.withLock {
                 session.disconnect()
@@ -307,30 +326,31 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             }
             // The outcome is recorded before our answer is written: that write can fail at once (the
             // server may already have closed) and re-enter channelInactive, which must not decide it.
-            terminate(unacknowledged > 0 || !wantDisconnect ? .closedByServer(reason: reason) : nil)
+            terminate(unacknowledged > 0 || !wantDisconnect ? .closedByServer(code: code, reason: reason) : nil)
             flush(context)
             finish(nil, context: context)
         case .closed:
             let unacknowledged = lock.withLock { session.unacknowledgedLines }
             finish(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil, context: context)
-        case .data:
-            break  // the session rejects DATA sent to a client before it gets here
+        case .data, .helloReceived, .pong:
+            break  // the session rejects DATA sent to a client; a PONG only feeds the heartbeat
         }
     }
 
     /// Seals one DATA frame on the calling thread and queues it for the event loop to write. Does
     /// nothing once the session can no longer send (the caller learns why from the termination).
     func sendFromAnyThread(_ lines: [UInt8], lineCount: Int, channel: Channel) {
-        var buffer = channel.allocator.buffer(capacity: Session.sealedLength(plaintextLength: lines.count))
+        let sealedLength = Session.sealedDataLength(linesLength: lines.count)
+        var buffer = channel.allocator.buffer(capacity: sealedLength)
         let scheduleWrite: Bool = lock.withLock {
             guard session.canSend else { return false }
             collectOutboundLocked()  // anything the session queued goes first
             lines.withUnsafeBytes { plaintext in
-                _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Session.sealedLength(plaintextLength: plaintext.count)) { output in
+                _ = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: sealedLength) { output in
                     session.sendLines(plaintext, lineCount: lineCount, into: output)
                 }
             }
-            frameBytes.append((session.lastDataSequenceSent!, lines.count))
+            frameBytes.append((session.nextLineOffset, lines.count))
             if session.unacknowledgedLines == lineCount { lastProgress = .now() }
             sealed.append(buffer)
             defer { writeScheduled = true }
@@ -355,6 +375,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         watchdog?.cancel()
+        heartbeatTimer?.cancel()
         let ended: Result<Int, Error> = lock.withLock {
             Result {
                 try session.receiveEndOfStream()
@@ -389,6 +410,43 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    /// PING after the interval of silence, give up after the timeout (docs/PROTOCOL.md §8.4): how a client
+    /// learns of a server that vanished without a FIN or RST (a blackholed network).
+    private func startHeartbeat(_ context: ChannelHandlerContext) {
+        heartbeat = Heartbeat(heartbeatConfiguration, now: NIODeadline.now().uptimeNanoseconds)
+        armHeartbeatTimer(context)
+    }
+
+    private func armHeartbeatTimer(_ context: ChannelHandlerContext) {
+        guard let heartbeat else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        heartbeatTimer = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(heartbeat.nextCheck)) {
+            bound.value.heartbeatTimerFired()
+        }
+    }
+
+    private func heartbeatTimerFired() {
+        guard let context, heartbeat != nil else { return }
+        switch heartbeat!.check(now: NIODeadline.now().uptimeNanoseconds) {
+        case .none:
+            break
+        case .sendPing:
+            let sent: Bool = lock.withLock {
+                guard session.state == .established || session.state == .disconnectReceived else { return false }
+                session.sendPing()
+                return true
+            }
+            if sent { flush(context) }
+        case .timedOut:
+            let error = lock.withLock { session.heartbeatTimedOut() }
+            flush(context)
+            let seconds = Double(heartbeatConfiguration.timeoutNanoseconds) / 1e9
+            fail(.timeout("\(error) for \(seconds.formatted()) s: the server or the network is gone"), context: context)
+            return
+        }
+        armHeartbeatTimer(context)
+    }
+
     /// Under `lock`: moves what the session queued (handshake messages, DISCONNECT) behind what is sealed.
     private func collectOutboundLocked() {
         guard session.hasOutbound else { return }
@@ -413,6 +471,8 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private func finish(_ failure: ClientFailure?, context: ChannelHandlerContext) {
         watchdog?.cancel()
+        heartbeatTimer?.cancel()
+        heartbeat = nil
         terminate(failure)
         context.close(promise: nil)
     }

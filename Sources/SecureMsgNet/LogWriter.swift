@@ -275,10 +275,12 @@ private func withIOVectors<R>(_ buffers: ArraySlice<[UInt8]>, firstOffset: Int, 
 public enum ServerError: Error, CustomStringConvertible {
     case logFile(path: String, reason: String)
     case bind(String)
+    case keyLog(path: String, reason: String)
 
     public var description: String {
         switch self {
         case .logFile(let path, let reason): "cannot open log file \(path): \(reason)"
+        case .keyLog(let path, let reason): "cannot use key log \(path): \(reason)"
         case .bind(let reason): reason
         }
     }

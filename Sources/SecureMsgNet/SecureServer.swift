@@ -11,11 +11,13 @@ final class ServerShared: Sendable {
     let formatter: MessageFormatter
     let registry = ConnectionRegistry()
     let clock = WallClock()
+    let keyLog: KeyLogFile?
 
-    init(configuration: ServerConfiguration, writer: LogWriter) {
+    init(configuration: ServerConfiguration, writer: LogWriter, keyLog: KeyLogFile?) {
         self.configuration = configuration
         self.writer = writer
         self.formatter = MessageFormatter(format: configuration.format)
+        self.keyLog = keyLog
     }
 }
 
@@ -58,7 +60,8 @@ public final class SecureServer: Sendable {
         let writer = try LogWriter(
             logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
             diagnostics: { StandardError.line("securemsg serve: \($0)") })
-        shared = ServerShared(configuration: configuration, writer: writer)
+        let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
+        shared = ServerShared(configuration: configuration, writer: writer, keyLog: keyLog)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
     }
 
@@ -75,9 +78,12 @@ public final class SecureServer: Sendable {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 1 << 20))
             .childChannelInitializer { channel in
                 guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
-                    StandardError.line(
-                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
-                    return channel.close()
+                    // Refused at once with a v2 Refusal (code 2), then a lingering close.
+                    let refusal = (RefusalCode.tooManyConnections, "too many connections",
+                                   "refused: connection limit (\(shared.configuration.maxConnections)) reached")
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: 0, refusal: refusal))
+                    }
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id))

@@ -26,6 +26,12 @@ public struct ServerConfiguration: Sendable {
     public static let defaultThreads = max(1, System.coreCount / 2)
     public var threads = ServerConfiguration.defaultThreads
     public var verbose = false
+    /// Choose forward secrecy (X25519) when a client offers it (`--forward-secrecy`).
+    public var forwardSecrecy = false
+    /// Where the key-log lines of forward-secret sessions go (`--key-log`); nil: nowhere.
+    public var keyLogPath: String?
+    /// PING after `interval` of silence from an established client, end the session after `timeout`.
+    public var heartbeat = Heartbeat.Configuration()
 
     public init(key: PreSharedKey) { self.key = key }
 }

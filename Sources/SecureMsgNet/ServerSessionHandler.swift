@@ -18,7 +18,12 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var unloggedBytes = 0
     private var framesAtWriter = 0
     private var readSuppressed = false
-    private var disconnectPending: String?  // reason for our DISCONNECT, sent once the writer has caught up
+    /// Our DISCONNECT (code, reason), sent once the writer has caught up; `isError` picks the stderr wording.
+    private var disconnectPending: (code: DisconnectCode, reason: String, isError: Bool)?
+    /// Set at connect when the connection limit is reached: the Refusal goes out at once (before any hello).
+    private let refusal: (code: RefusalCode, text: String, log: String)?
+    private var heartbeat: Heartbeat?
+    private var heartbeatTimer: Scheduled<Void>?
     private var ended = false
     /// The client half-closed while some of its frames were still at the writer: end of stream is
     /// judged once they are logged and acknowledged (the ACKs can still reach a half-open socket).
@@ -30,10 +35,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var lingerTimer: Scheduled<Void>?
     private var inputClosed = false
 
-    init(shared: ServerShared, sessionID: UInt64) {
+    init(shared: ServerShared, sessionID: UInt64, refusal: (code: RefusalCode, text: String, log: String)? = nil) {
         self.shared = shared
         self.sessionID = sessionID
-        self.session = Session(role: .server, key: shared.configuration.key)
+        self.refusal = refusal
+        self.session = Session(server: .init(keyLog: shared.keyLog != nil))
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -47,10 +53,19 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         handshakeTimer?.cancel()
         idleTimer?.cancel()
         lingerTimer?.cancel()
+        heartbeatTimer?.cancel()
         self.context = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        if let refusal {
+            // Before any hello: a v2 client reads the reason; a v1 client reads "unsupported version 2".
+            session.refuse(code: refusal.code, text: refusal.text)
+            flushOutbound()
+            end(refusal.log, isError: false, numbered: false)
+            context.fireChannelActive()
+            return
+        }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: shared.configuration.handshakeTimeout) {
             bound.value.fail("handshake timeout")
@@ -61,6 +76,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !ended else { return }
         let buffer = unwrapInboundIn(data)
+        if heartbeat != nil { heartbeat!.received(now: NIODeadline.now().uptimeNanoseconds) }
         let events: [Session.Event]
         do {
             events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
@@ -70,59 +86,112 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         // A frame can end the session (a line over the limit): the frames after it in this read are dropped.
-        for event in events where !ended { handle(event) }
+        for event in events where !ended && !stopTakingFrames { handle(event) }
         flushOutbound()
     }
 
+    /// Set when a frame ends the session (a line over the limit): later frames of the same read are dropped.
+    private var stopTakingFrames = false
+
     private func handle(_ event: Session.Event) {
         switch event {
-        case .handshakeCompleted:
+        case .helloReceived(let hello):
+            answer(hello)
+        case .handshakeCompleted(let info):
             handshakeTimer?.cancel()
             handshakeTimer = nil
             lastFrameAt = .now()
             armIdleTimer()
-            if shared.configuration.verbose { shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): session started") }
-        case .data(let sequence, let lines):
+            startHeartbeat()
+            if let line = info.keyLogLine, let keyLog = shared.keyLog, let failure = keyLog.append(line) {
+                shared.writer.submitDiagnostic("securemsg serve: key log \(keyLog.path): write failed: \(failure)")
+            }
+            if shared.configuration.verbose {
+                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.escaped(Array(info.identity.utf8), limit: Wire.maximumIdentityLength))\""
+                shared.writer.submitDiagnostic(
+                    "securemsg serve: \(peer) #\(sessionID): session started (stream \(info.streamID)\(identity)\(info.forwardSecrecy ? ", forward secrecy" : ""))")
+            }
+        case .data(let delivery):
             lastFrameAt = .now()
-            submit(lines, sequence: sequence)
+            submit(delivery)
         case .peerDisconnected:
-            disconnectPending = ""
+            disconnectPending = disconnectPending ?? (.normal, "", false)
             finishDisconnectIfReady()
-        case .acknowledged, .closed:
-            break  // a server neither receives ACKs nor starts the exchange it would close
+        case .acknowledged, .closed, .pong:
+            break  // a server receives no ACKs and never starts an exchange it would close; PONGs feed the heartbeat
         }
     }
 
-    private func submit(_ lines: [UInt8], sequence: UInt64) {
+    /// The key lookup: today one key, for the empty identity. Any other identity is answered as an unknown
+    /// one (the handshake fails as a key mismatch on both sides: no identity-enumeration oracle). The resume
+    /// offset is always 0 until serve keeps a durable stream table.
+    private func answer(_ hello: ClientHelloInfo) {
+        let forwardSecrecy = shared.configuration.forwardSecrecy
+        do {
+            // Bytes that followed the hello in the same read are processed by the answer.
+            let events = hello.identity.isEmpty
+                ? try session.accept(key: shared.configuration.key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
+                : try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
+            for event in events where !ended && !stopTakingFrames { handle(event) }
+        } catch .forwardSecrecyRequired {
+            flushOutbound()
+            fail("refused: the client requires forward secrecy (serve runs without --forward-secrecy)")
+        } catch {
+            flushOutbound()
+            fail(String(describing: error))
+        }
+    }
+
+    private func submit(_ delivery: DataDelivery) {
+        if let gap = delivery.gap {
+            shared.writer.submitDiagnostic(
+                "securemsg serve: \(peer) #\(sessionID): gap: lines \(gap.lowerBound)..<\(gap.upperBound) of stream \(session.handshake!.streamID) never arrived (the client no longer held them)")
+        }
+        guard delivery.lineCount > 0 else { return }  // only duplicates: nothing new to log or acknowledge
+        let lines = delivery.lines
         let (lineCount, longest) = lines.withUnsafeBytes(lineStatistics)
         guard longest <= shared.configuration.maxLineLength else {
-            fail("line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))")
+            // Every good frame before this one is acknowledged first, then DISCONNECT "line too long".
+            let reason = "line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))"
+            stopTakingFrames = true
+            readSuppressed = true
+            disconnectPending = (.lineTooLong, reason, true)
+            finishDisconnectIfReady()
             return
         }
         linesReceived += lineCount
         var output: [UInt8] = []
         output.reserveCapacity(shared.configuration.format == .raw ? lines.count : lines.count + lineCount * 64)
-        shared.formatter.append(
-            lines: lines, context: LineContext(time: shared.clock.now(), peer: peer, session: sessionID), to: &output)
+        lines.withUnsafeBytes { bytes in
+            shared.formatter.append(
+                lines: bytes, context: LineContext(time: shared.clock.now(), peer: peer, session: sessionID), to: &output)
+        }
         unloggedBytes += lines.count
         framesAtWriter += 1
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let size = lines.count
+        let durableUpTo = delivery.firstOffset + UInt64(lineCount)
         shared.writer.submit(output) { ok in
-            bound.eventLoop.execute { bound.value.logged(sequence: sequence, size: size, ok: ok) }
+            bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: size, ok: ok) }
         }
     }
 
     /// The writer has made a frame durable: it may now be acknowledged.
-    private func logged(sequence: UInt64, size: Int, ok: Bool) {
+    private func logged(durableUpTo: UInt64, size: Int, ok: Bool) {
         framesAtWriter -= 1
         unloggedBytes -= size
         guard !ended else { return }
         guard ok else {
-            fail("log write failed; lines not acknowledged")
+            // What was logged before is acknowledged already; this frame and any after it are not.
+            logWriteFailed = true
+            stopTakingFrames = true
+            readSuppressed = true
+            disconnectPending = (.logWriteFailed, "log write failed on the server; lines not acknowledged", true)
+            finishDisconnectIfReady()
             return
         }
-        session.acknowledge(through: sequence)
+        guard !logWriteFailed else { return }
+        session.acknowledge(durableUpTo: durableUpTo)
         if readSuppressed && unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection / 2 && !inputEndedWhileLogging {
             readSuppressed = false
             context.read()
@@ -135,13 +204,20 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
+    private var logWriteFailed = false
+
     /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged.
     private func finishDisconnectIfReady() {
-        guard let reason = disconnectPending, framesAtWriter == 0, !ended else { return }
-        session.disconnect(reason: reason)
+        guard let (code, reason, isError) = disconnectPending, framesAtWriter == 0, !ended else { return }
+        session.disconnect(code: code, reason: reason)
         flushOutbound()
-        let graceful = session.state == .closed
-        end(graceful ? "session ended" : "session ended by server (\(reason))", isError: false)
+        if code == .normal {
+            end("session ended", isError: false)
+        } else if isError {
+            end(reason, isError: true)
+        } else {
+            end("session ended by server (\(reason))", isError: false)
+        }
     }
 
     /// Shutdown (SIGTERM): stop taking new frames, ACK what is logged, say goodbye.
@@ -150,8 +226,13 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         switch session.state {
         case .established, .disconnectReceived:
             readSuppressed = true  // no more reads: nothing new to log
-            disconnectPending = disconnectPending ?? "server shutting down"
+            disconnectPending = disconnectPending ?? (.shuttingDown, "server shutting down", false)
             finishDisconnectIfReady()
+        case .awaitingHello:
+            // Before any hello the client can still be told why, unauthenticated (Refusal code 5).
+            session.refuse(code: .serverBusy, text: "server shutting down")
+            flushOutbound()
+            end("closed: server shutting down", isError: false)
         default:
             end("closed: server shutting down", isError: false)
         }
@@ -169,6 +250,40 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     private var lastFrameAt = NIODeadline.now()
 
+    // MARK: Heartbeat
+
+    private func startHeartbeat() {
+        heartbeat = Heartbeat(shared.configuration.heartbeat, now: NIODeadline.now().uptimeNanoseconds)
+        armHeartbeatTimer()
+    }
+
+    private func armHeartbeatTimer() {
+        guard let heartbeat, !ended else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        heartbeatTimer = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(heartbeat.nextCheck)) {
+            bound.value.heartbeatTimerFired()
+        }
+    }
+
+    private func heartbeatTimerFired() {
+        guard !ended, heartbeat != nil else { return }
+        switch heartbeat!.check(now: NIODeadline.now().uptimeNanoseconds) {
+        case .none:
+            break
+        case .sendPing:
+            if session.state == .established || session.state == .disconnectReceived {
+                session.sendPing()
+                flushOutbound()
+            }
+        case .timedOut:
+            let error = session.heartbeatTimedOut()
+            flushOutbound()
+            fail("\(error) for \(shared.configuration.heartbeat.timeoutNanoseconds / 1_000_000_000) s")
+            return
+        }
+        armHeartbeatTimer()
+    }
+
     private func idleTimerFired() {
         let idleFor = NIODeadline.now() - lastFrameAt
         if idleFor < shared.configuration.idleTimeout {
@@ -181,7 +296,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private func idle() {
         guard !ended else { return }
         if session.state == .established {
-            disconnectPending = "idle timeout"
+            disconnectPending = (.idleTimeout, "idle timeout", false)
             readSuppressed = true
             finishDisconnectIfReady()
         } else {
@@ -195,7 +310,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         // Backpressure: while this connection's lines wait for the writer, read no more from it.
-        if ended || unloggedBytes > shared.configuration.maxUnloggedBytesPerConnection || disconnectPending != nil && session.state != .disconnectReceived {
+        if ended || unloggedBytes > shared.configuration.maxUnloggedBytesPerConnection
+            || disconnectPending != nil && session.state != .disconnectReceived
+        {
             readSuppressed = true
             return
         }
@@ -226,7 +343,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         handshakeTimer?.cancel()
         idleTimer?.cancel()
         lingerTimer?.cancel()
-        shared.registry.remove(sessionID)
+        heartbeatTimer?.cancel()
+        if refusal == nil { shared.registry.remove(sessionID) }
         context.fireChannelInactive()
     }
 
@@ -261,13 +379,18 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         end(reason, isError: true)
     }
 
-    private func end(_ what: String, isError: Bool) {
+    private func end(_ what: String, isError: Bool, numbered: Bool = true) {
         guard !ended else { return }
         ended = true
         handshakeTimer?.cancel()
         idleTimer?.cancel()
-        let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
-        shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
+        heartbeatTimer?.cancel()
+        if numbered {
+            let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
+            shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
+        } else {
+            shared.writer.submitDiagnostic("securemsg serve: \(peer): \(what)")
+        }
         // Close after pending writes (our last ACK and DISCONNECT) have gone out.
         let channel = context.channel
         guard channel.isActive else { return }

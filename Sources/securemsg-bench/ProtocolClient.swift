@@ -6,11 +6,13 @@ final class ProtocolClient {
     let session: Session
     private var buffer = [UInt8](repeating: 0, count: 65536)
 
-    init(host: String, port: Int, key: PreSharedKey) throws {
+    /// Connects and completes a v2 handshake as `send` does (empty identity, a fresh stream), PSK-only
+    /// or, with `forwardSecrecy`, insisting on X25519.
+    init(host: String, port: Int, key: PreSharedKey, forwardSecrecy: Bool = false) throws {
         socket = try BlockingSocket(host: host, port: port)
-        session = Session(role: .client, key: key)
+        session = Session(client: .init(key: key, forwardSecrecy: forwardSecrecy ? .required : .off))
         try flush()
-        try waitFor { $0 == .handshakeCompleted }
+        try waitFor { if case .handshakeCompleted = $0 { true } else { false } }
     }
 
     func flush() throws {

@@ -7,7 +7,7 @@ import SecureMsgCore
 //
 //   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
-//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY   connect, handshake, one line + disconnect (as `send` does), wait for ACK and DISCONNECT
+//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
 
 let arguments = CommandLine.arguments
@@ -74,6 +74,7 @@ do {
     case "handshakes":
         let key = try loadKey(arguments[2])
         let (port, seconds, concurrency) = (Int(arguments[3])!, Double(arguments[4])!, Int(arguments[5])!)
+        let forwardSecrecy = arguments.count > 6 && arguments[6] == "fs"
         let line = Array("handshake\n".utf8)
         let deadline = now() + seconds
         let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: concurrency)
@@ -85,7 +86,7 @@ do {
         DispatchQueue.concurrentPerform(iterations: concurrency) { i in
             while now() < deadline {
                 do {
-                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key)
+                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key, forwardSecrecy: forwardSecrecy)
                     try client.sendLineAndDisconnect(line)
                     c[i] += 1
                 } catch {
@@ -112,18 +113,24 @@ do {
         withExtendedLifetime(clients) {}
 
     case "handshake-cpu":
-        // Both ends of a handshake in one process, no sockets: the protocol's own CPU cost.
+        // Both ends of a v2 handshake in one process, no sockets: the protocol's own CPU cost.
+        //   handshake-cpu [COUNT] [psk|fs]   (fs: the client offers X25519 and the server chooses it)
         let key = PreSharedKey(bytes: Array(repeating: 7, count: 32))
-        let count = Int(arguments[2]) ?? 10_000
+        let count = arguments.count > 2 ? Int(arguments[2]) ?? 10_000 : 10_000
+        let fs = arguments.count > 3 && arguments[3] == "fs"
+        let stream = StreamID.random()
         let started = now()
         for _ in 0..<count {
-            let client = Session(role: .client, key: key), server = Session(role: .server, key: key)
+            let client = Session(client: .init(key: key, streamID: stream, forwardSecrecy: fs ? .offered : .off))
+            let server = Session(server: .init())
             _ = try server.receive(client.takeOutbound())
+            try server.accept(key: key, resumeOffset: 0, forwardSecrecy: fs)
             _ = try client.receive(server.takeOutbound())
             _ = try server.receive(client.takeOutbound())
+            precondition(server.state == .established && client.state == .established)
         }
         let elapsed = now() - started
-        emit(#"{"handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
+        emit(#"{"mode":"\#(fs ? "fs" : "psk")","handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
 
     default:
         FileHandle.standardError.write(Data("unknown mode \(arguments[1])\n".utf8))

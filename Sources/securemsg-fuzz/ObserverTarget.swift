@@ -2,7 +2,8 @@ import SecureMsgCore
 
 // The `observer` target: an Observer (what decrypt-log runs) fed both directions of a connection.
 //
-// Header as in Plan.swift. Modes 0 and 1 (no nonce is read: the observer draws nothing): the body is
+// Header as in Plan.swift (flag B: the observer holds the v1 vectors' key instead of the v2 one). Modes 0
+// and 1 (no random bytes are read: the observer draws nothing): the body is
 // records `h [len16 if h & 0x7f == 0x7f] bytes`, direction s2c when h & 0x80, length h & 0x7f, fed in
 // that order. Mode 2: a valid handshake, then records. Mode 3: a valid handshake, then peer operations
 // of both directions. Every event is checked against the reference, and the same bytes fed per
@@ -35,14 +36,15 @@ func fuzzObserver(_ data: [UInt8]) {
         items.append(.bytes(h & 0x80 != 0 ? .serverToClient : .clientToServer, input.take(length)))
     }
 
-    let chunked = ObserverHarness(key: fuzzKey)
+    let key = header.flagB ? v1FuzzKey : fuzzKey  // flag B: the v1 vectors' key
+    let chunked = ObserverHarness(key: key)
     run(items, chunkSizes: header.chunkSizes, feed: { d, chunk in
         chunked.feed(d, chunk)
         return true
     }, local: { _ in })
 
     // The same bytes, each direction in one call.
-    let whole = ObserverHarness(key: fuzzKey)
+    let whole = ObserverHarness(key: key)
     for d in [Direction.clientToServer, .serverToClient] {
         let bytes = items.flatMap { item -> [UInt8] in
             if case .bytes(d, let b) = item { return b }
@@ -61,10 +63,7 @@ func fuzzObserver(_ data: [UInt8]) {
 final class ObserverHarness {
     let observer: Observer
     let key: PreSharedKey
-    private var streams: [Direction: ReferenceStream] = [
-        .clientToServer: ReferenceStream(frameStart: Wire.clientHelloLength + Wire.clientFinishedLength),
-        .serverToClient: ReferenceStream(frameStart: Wire.serverHelloLength),
-    ]
+    private var streams: [Direction: ReferenceStream] = [.clientToServer: ReferenceStream(), .serverToClient: ReferenceStream()]
     private(set) var handshakeCompleted = false
     private(set) var threw = false
     struct FrameRecord: Equatable {
@@ -82,8 +81,16 @@ final class ObserverHarness {
         observer = Observer(key: key)
     }
 
+    private var helloLengths: (client: Int, server: Int)? {
+        guard let c = Reference.clientHelloLength(streams[.clientToServer]!.bytes[...]),
+              let s = Reference.serverMessageLength(streams[.serverToClient]!.bytes[...]) else { return nil }
+        return (c, s)
+    }
+
+    /// PSK-only sessions only: the harness has no key log, so FS sessions must be skipped by the observer.
     private var reference: ReferenceHandshake? {
-        ReferenceHandshake(key: key, clientHello: streams[.clientToServer]!.slice(0..<37), serverHello: streams[.serverToClient]!.slice(0..<69))
+        guard let (c, s) = helloLengths else { return nil }
+        return ReferenceHandshake(key: key, clientHello: streams[.clientToServer]!.slice(0..<c), serverHello: streams[.serverToClient]!.slice(0..<s))
     }
 
     func feed(_ d: Direction, _ chunk: ArraySlice<UInt8>) {
@@ -97,17 +104,29 @@ final class ObserverHarness {
         }
         for event in events {
             switch event {
-            case .handshakeCompleted:
+            case .handshakeCompleted(let h):
                 require(!handshakeCompleted, "observer: handshakeCompleted twice")
                 guard let reference, reference.serverConfirmationIsValid,
-                      streams[.clientToServer]!.slice(37..<69) == reference.clientConfirmation
+                      streams[.clientToServer]!.slice(reference.clientHello.count..<(reference.clientHello.count + 32)) == reference.clientConfirmation
                 else { fatalError("fuzz invariant violated: observer completed a handshake the key does not confirm") }
+                require(h.version == reference.clientHello[4] && !h.forwardSecrecy, "observer: handshake info wrong")
+                streams[.clientToServer]!.frameStart = reference.clientHello.count + 32
+                streams[.serverToClient]!.frameStart = reference.serverHello.count
                 handshakeCompleted = true
+            case .refused:
+                require(streams[.serverToClient]!.bytes.count > 5 && streams[.serverToClient]!.bytes[5] == 0xFF, "observer: refusal without a Refusal")
+            case .forwardSecretSessionWithoutKeyLog:
+                require(streams[.serverToClient]!.bytes.count > 5 && streams[.serverToClient]!.bytes[5] == 1, "observer: FS reported for a PSK-only session")
+            case .unknownIdentity(let name):
+                require(false, "observer: identity \(name) unknown though every identity has the key")
             case .frame(let direction, let type, let sequence, let plaintext):
                 require(sequence == nextSequence[direction]!, "observer: \(direction) sequence \(sequence), expected \(nextSequence[direction]!)")
                 nextSequence[direction]! += 1
                 require(direction == .serverToClient || handshakeCompleted, "observer: c2s frame before the client's confirmation")
-                require(plaintext.count <= Wire.maximumPlaintextLength + 15, "observer: plaintext over the frame limit")
+                if streams[direction]!.frameStart == nil, let reference {
+                    streams[direction]!.frameStart = direction == .clientToServer ? reference.clientHello.count + 32 : reference.serverHello.count
+                }
+                require(plaintext.count <= Wire.maximumPlaintextLength + 7, "observer: plaintext over the frame limit")
                 guard let reference, reference.serverConfirmationIsValid, let frame = streams[direction]!.frame(Int(sequence)),
                       let opened = Reference.open(frame, sequence: sequence, encryptionKey: reference.encryptionKey(direction),
                                                   authenticationKey: reference.authenticationKey(direction))
@@ -117,6 +136,9 @@ final class ObserverHarness {
             case .authenticationFailed(let direction, let sequence):
                 require(sequence == nextSequence[direction]!, "observer: \(direction) failed sequence \(sequence)")
                 nextSequence[direction]! += 1
+                if streams[direction]!.frameStart == nil, let reference {
+                    streams[direction]!.frameStart = direction == .clientToServer ? reference.clientHello.count + 32 : reference.serverHello.count
+                }
                 if let reference, let frame = streams[direction]!.frame(Int(sequence)) {
                     require(Reference.open(frame, sequence: sequence, encryptionKey: reference.encryptionKey(direction),
                                            authenticationKey: reference.authenticationKey(direction)) == nil,

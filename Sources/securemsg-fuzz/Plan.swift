@@ -5,12 +5,13 @@ import SecureMsgCore
 //     byte 0   flags: bits 0-1 mode, bit 2 flag A, bit 3 flag B, bits 4-7 number K of chunk sizes
 //     byte 1   param (target-specific)
 //     K bytes  chunk sizes, cycled while feeding (0 = the rest of the current item)
-//     mode 1:  32 bytes: the nonce the side under test draws (the vectors' `... random:`)
+//     mode 1:  a length n, then n bytes the side under test draws first (the vectors' `... random:`)
 //     rest     the body
 //
 // Modes: 0 raw body (the session draws its nonce from the fixed seed), 1 raw body with the nonce from the
-// input (so the vectors replay), 2 a valid handshake built from the fixed key, then the raw body,
-// 3 a valid handshake, then the body read as operations of a peer holding the key (`PeerForge`).
+// input (so the vectors replay), 2 a valid v2 handshake built from the fixed key (PSK-only, empty
+// identity), then the raw body, 3 a valid handshake, then the body read as operations of a peer holding
+// the key (`PeerForge`).
 
 struct FuzzHeader {
     var mode: Int
@@ -54,13 +55,16 @@ struct PeerForge {
     private var next: [Direction: UInt64] = [.clientToServer: 0, .serverToClient: 0]
     private var ivSource = DeterministicRandom(seed: 0x4956_0000)
     private var bigFrames = 0
+    /// The offset the next natural DATA line carries.
+    private(set) var nextOffset: UInt64 = 0
 
     init(handshake: ReferenceHandshake) { self.handshake = handshake }
 
-    /// A handshake for `clientNonce` and `serverNonce` under `key`, both confirmations valid.
+    /// A v2 PSK-only handshake (empty identity, zero stream, resume offset 0) for `clientNonce` and
+    /// `serverNonce` under `key`, both confirmations valid.
     static func handshake(key: PreSharedKey, clientNonce: [UInt8], serverNonce: [UInt8]) -> ReferenceHandshake {
-        let clientHello = Reference.hello(nonce: clientNonce)
-        let prefix = Reference.hello(nonce: serverNonce)
+        let clientHello = Reference.clientHello(nonce: clientNonce)
+        let prefix = Reference.serverHelloPrefix(nonce: serverNonce)
         let keys = SessionKeys(preSharedKey: key, clientNonce: clientNonce, serverNonce: serverNonce)
         let confirm = ReferenceHandshake.serverConfirmation(keys, clientHello: clientHello, serverHelloPrefix: prefix)
         return ReferenceHandshake(key: key, clientHello: clientHello, serverHello: prefix + confirm)!
@@ -77,13 +81,14 @@ struct PeerForge {
     mutating func natural(_ d: Direction, _ input: inout InputReader) -> [UInt8] {
         if d == .clientToServer {
             let line = input.take(Int(input.u8()))
-            return seal(d, type: FrameType.data.rawValue, plaintext: line + [0x0A])
+            defer { nextOffset += 1 }
+            return seal(d, type: FrameType.data.rawValue, plaintext: Reference.u64(nextOffset) + line + [0x0A])
         }
         let n = Int(input.u8())
         return seal(d, type: FrameType.ack.rawValue, plaintext: Array("Message received \(n)".utf8))
     }
 
-    private static func type(_ t: UInt8) -> UInt8 { t < 0xF0 ? [1, 2, 3][Int(t) % 3] : t & 0x0F }
+    private static func type(_ t: UInt8) -> UInt8 { t < 0xF0 ? [1, 2, 3, 4, 5][Int(t) % 5] : t & 0x0F }
 
     /// Reads operations until the input ends. `fixed` is the only direction when the peer is one side.
     mutating func operations(_ input: inout InputReader, fixed: Direction?, into items: inout [PlanItem]) {
@@ -92,16 +97,17 @@ struct PeerForge {
             count += 1
             let op = input.u8()
             let d = fixed ?? (op & 0x80 != 0 ? .serverToClient : .clientToServer)
-            switch Int(op & 0x7F) % 10 {
+            switch Int(op & 0x7F) % 12 {
             case 0:  // a frame of any type and plaintext
                 let type = Self.type(input.u8())
                 let plaintext = input.take(Int(input.u8()))
                 items.append(.bytes(d, seal(d, type: type, plaintext: plaintext)))
             case 1:
                 items.append(.bytes(d, natural(d, &input)))
-            case 2:  // DISCONNECT with a reason
+            case 2:  // DISCONNECT with a code and a reason
+                let code = [input.u8(), input.u8()]
                 let reason = input.take(Int(input.u8() & 0x3F))
-                items.append(.bytes(d, seal(d, type: FrameType.disconnect.rawValue, plaintext: reason)))
+                items.append(.bytes(d, seal(d, type: FrameType.disconnect.rawValue, plaintext: code + reason)))
             case 3:  // raw bytes
                 items.append(.bytes(d, input.take(Int(input.u8()))))
             case 4:  // sealed under another sequence number: replay, reorder, skip
@@ -117,12 +123,16 @@ struct PeerForge {
                 items.append(.bytes(d, frame))
             case 6:  // a large frame, up to and past the plaintext limit
                 let type = Self.type(input.u8())
-                let size = input.u24() % (Wire.maximumPlaintextLength + 16 + 1)
+                let size = input.u24() % (Wire.maximumPlaintextLength + 8 + 1)
                 let fill = input.u8()
                 guard bigFrames < 2 else { continue }
                 bigFrames += 1
                 var plaintext = [UInt8](repeating: fill, count: size)
-                if type == FrameType.data.rawValue, size > 0 { plaintext[size - 1] = 0x0A }
+                if type == FrameType.data.rawValue, size > 8 {
+                    plaintext.replaceSubrange(0..<8, with: Reference.u64(nextOffset))
+                    plaintext[size - 1] = 0x0A
+                    nextOffset += UInt64(plaintext[8...].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) })
+                }
                 items.append(.bytes(d, seal(d, type: type, plaintext: plaintext)))
             case 7:  // a length field of any value, then raw bytes
                 let length = input.u32()
@@ -130,6 +140,16 @@ struct PeerForge {
                 items.append(.bytes(d, bytes + input.take(input.u16())))
             case 8:
                 items.append(.local(input.u8()))
+            case 10:  // a PING with 8 bytes from the input
+                items.append(.bytes(d, seal(d, type: FrameType.ping.rawValue, plaintext: input.take(8))))
+            case 11:  // DATA at an offset of the peer's choosing (duplicates, gaps): delta, then 1-4 lines
+                let delta = Int64(Int8(bitPattern: input.u8()))
+                let lines = Int(input.u8() % 4) + 1
+                let first = UInt64(max(0, Int64(clamping: nextOffset) + delta))
+                var plaintext = Reference.u64(first)
+                for i in 0..<lines { plaintext += Array("line \(first + UInt64(i))\n".utf8) }
+                nextOffset = max(nextOffset, first + UInt64(lines))
+                items.append(.bytes(d, seal(d, type: FrameType.data.rawValue, plaintext: plaintext)))
             default:  // a frame sealed and lost on the way
                 next[d]! += 1
             }

@@ -8,7 +8,8 @@ import Darwin
 #endif
 
 // `securemsg-fuzz --make-seeds [ROOT]`: seed corpora under ROOT/fixtures/fuzz/<target>/, made from the
-// protocol vectors (fixtures/protocol/*.txt) and the captures (fixtures/captures/*.pcap*). Deterministic.
+// v2 protocol vectors (fixtures/protocol/v2/*.txt; the v1 ones, fixtures/protocol/*.txt, seed the
+// observer and the handshake target only) and the captures (fixtures/captures/*.pcap*). Deterministic.
 
 /// The parts of a protocol vector the seeds need (format: fixtures/protocol/README.md).
 struct VectorFile {
@@ -17,6 +18,9 @@ struct VectorFile {
     var clientRandom: [UInt8] = []
     var serverRandom: [UInt8] = []
     var dataCount = 0
+    var identity = ""
+    var forwardSecrecy = ""
+    var serverForwardSecrecy = false
     var records: [(Direction, [UInt8])] = []
 
     init?(name: String, text: String) {
@@ -32,6 +36,9 @@ struct VectorFile {
                 case "client random": clientRandom = Hex.decode(parts[1]) ?? []
                 case "server random": serverRandom = Hex.decode(parts[1]) ?? []
                 case "data": dataCount += 1
+                case "identity": identity = parts[1]
+                case "forward secrecy": forwardSecrecy = parts[1]
+                case "server forward secrecy": serverForwardSecrecy = parts[1] == "yes"
                 default: break
                 }
             } else if line.hasPrefix("c2s: ") || line.hasPrefix("s2c: ") {
@@ -59,9 +66,12 @@ struct Ops {
     mutating func frame(type: UInt8, _ plaintext: [UInt8], s2c: Bool = false) {
         bytes += [s2c ? 0x80 : 0, type, UInt8(plaintext.count)] + plaintext
     }
-    mutating func disconnect(_ reason: String = "", s2c: Bool = false) {
-        bytes += [s2c ? 0x82 : 2, UInt8(reason.utf8.count)] + Array(reason.utf8)
+    mutating func disconnect(_ reason: String = "", code: UInt16 = 0, s2c: Bool = false) {
+        bytes += [s2c ? 0x82 : 2, UInt8(code >> 8), UInt8(code & 0xFF), UInt8(reason.utf8.count)] + Array(reason.utf8)
     }
+    mutating func ping(_ payload: [UInt8], s2c: Bool = false) { bytes += [s2c ? 0x8A : 10] + payload }
+    /// DATA of `lines` lines at the next offset plus `delta` (duplicates when negative, a gap when positive).
+    mutating func dataAt(delta: Int8, lines: UInt8) { bytes += [11, UInt8(bitPattern: delta), lines - 1] }
     mutating func raw(_ raw: [UInt8], s2c: Bool = false) { bytes += [s2c ? 0x83 : 3, UInt8(raw.count)] + raw }
     mutating func sealAt(delta: Int8, type: UInt8, _ plaintext: [UInt8], s2c: Bool = false) {
         bytes += [s2c ? 0x84 : 4, UInt8(bitPattern: delta), type, UInt8(plaintext.count)] + plaintext
@@ -89,47 +99,58 @@ func makeSeeds(root: String) {
         written[target.rawValue, default: 0] += 1
     }
     let line = { (s: String) in Array(s.utf8) }
-    // The nonce a side under test draws first; zeros when the vector's side draws nothing.
-    let nonce = { (random: [UInt8]) in Array(random.prefix(32)) + [UInt8](repeating: 0, count: max(0, 32 - random.count)) }
 
-    // Vectors: each replays its session through the side(s) it tests.
-    let vectorDirectory = "\(root)/fixtures/protocol"
-    var vectors: [VectorFile] = []
-    for name in listDirectory(vectorDirectory) where name.hasSuffix(".txt") {
-        guard let bytes = readFile("\(vectorDirectory)/\(name)"),
-              let vector = VectorFile(name: String(name.dropLast(4)), text: String(decoding: bytes, as: UTF8.self))
-        else { fatalError("cannot parse \(vectorDirectory)/\(name)") }
-        vectors.append(vector)
+    // Vectors: each v2 vector replays its session through the side(s) it tests (mode 1 gives the side's
+    // random bytes, up to 255 of them); v1 and v2 vectors seed the observer and the handshake target.
+    func loadVectors(_ directory: String) -> [VectorFile] {
+        listDirectory(directory).filter { $0.hasSuffix(".txt") }.map { name in
+            guard let bytes = readFile("\(directory)/\(name)"),
+                  let vector = VectorFile(name: String(name.dropLast(4)), text: String(decoding: bytes, as: UTF8.self))
+            else { fatalError("cannot parse \(directory)/\(name)") }
+            return vector
+        }
     }
+    let v1Vectors = loadVectors("\(root)/fixtures/protocol")
+    let vectors = loadVectors("\(root)/fixtures/protocol/v2")
+    let random = { (bytes: [UInt8]) in [UInt8(min(bytes.count, 255))] + bytes.prefix(255) }
     var handshakes: Set<[UInt8]> = []
     for v in vectors {
         let c2s = v.stream(.clientToServer), s2c = v.stream(.serverToClient)
         if v.role == "server" || v.role == "both" {
-            seed(.server, "vector-\(v.name)", FuzzHeader.encode(mode: 1) + nonce(v.serverRandom) + c2s)
+            seed(.server, "vector-\(v.name)", FuzzHeader.encode(mode: 1, param: v.serverForwardSecrecy ? 0x80 : 0) + random(v.serverRandom) + c2s)
         }
         if v.role == "client" || v.role == "both" {
-            seed(.client, "vector-\(v.name)",
-                 FuzzHeader.encode(mode: 1, flagA: true, param: UInt8(min(v.dataCount, 7)), chunkSizes: [69, 0]) + nonce(v.clientRandom) + s2c)
+            let fs: UInt8 = v.forwardSecrecy == "offered" ? 1 : v.forwardSecrecy == "required" ? 2 : 0
+            let param = UInt8(min(v.dataCount, 7)) | fs << 3 | (v.identity == "alice" ? 0x20 : 0)
+            // The ServerHello in a read of its own, so the client sends its DATA before the ACKs arrive.
+            let first = UInt8(min(255, v.records.first { $0.0 == .serverToClient }?.1.count ?? 0))
+            seed(.client, "vector-\(v.name)", FuzzHeader.encode(mode: 1, flagA: true, param: param, chunkSizes: [first, 0]) + random(v.clientRandom) + s2c)
         }
-        var records: [UInt8] = []
-        for (d, bytes) in v.records {
-            let high: UInt8 = d == .serverToClient ? 0x80 : 0
-            records += bytes.count < 0x7F ? [high | UInt8(bytes.count)] : [high | 0x7F, UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)]
-            records += bytes
+    }
+    for (v1, list) in [(false, vectors), (true, v1Vectors)] {
+        for v in list {
+            var records: [UInt8] = []
+            for (d, bytes) in v.records {
+                let high: UInt8 = d == .serverToClient ? 0x80 : 0
+                records += bytes.count < 0x7F ? [high | UInt8(bytes.count)] : [high | 0x7F, UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)]
+                records += bytes
+            }
+            seed(.observer, "vector-\(v1 ? "v1-" : "")\(v.name)", FuzzHeader.encode(mode: 0, flagB: v1) + records)
+            if let first = v.records.first(where: { $0.0 == .clientToServer }) { handshakes.insert(first.1) }
+            if let first = v.records.first(where: { $0.0 == .serverToClient }) { handshakes.insert(first.1) }
         }
-        seed(.observer, "vector-\(v.name)", FuzzHeader.encode(mode: 0) + records)
-        handshakes.insert(Array(c2s.prefix(69)))
-        handshakes.insert(Array(s2c.prefix(69)))
     }
     if let transcript = vectors.first(where: { $0.name == "transcript" }) {
         let c2s = transcript.stream(.clientToServer), s2c = transcript.stream(.serverToClient)
-        let serverNonce = nonce(transcript.serverRandom)
-        seed(.server, "transcript-byte-by-byte", FuzzHeader.encode(mode: 1, chunkSizes: [1]) + serverNonce + c2s)
-        seed(.server, "transcript-chunks", FuzzHeader.encode(mode: 1, chunkSizes: [37, 32, 5, 80, 0]) + serverNonce + c2s)
-        seed(.server, "transcript-lazy-acks", FuzzHeader.encode(mode: 1, flagB: true, chunkSizes: [69, 85]) + serverNonce + c2s)
-        seed(.server, "transcript-server-disconnects", FuzzHeader.encode(mode: 1, flagA: true, param: 2, chunkSizes: [69, 85]) + serverNonce + c2s)
+        let serverRandom = random(transcript.serverRandom)
+        let hello = Reference.clientHelloLength(c2s[...]) ?? 55
+        seed(.server, "transcript-byte-by-byte", FuzzHeader.encode(mode: 1, chunkSizes: [1]) + serverRandom + c2s)
+        seed(.server, "transcript-chunks", FuzzHeader.encode(mode: 1, chunkSizes: [UInt8(hello), 32, 5, 80, 0]) + serverRandom + c2s)
+        seed(.server, "transcript-lazy-acks", FuzzHeader.encode(mode: 1, flagB: true, chunkSizes: [UInt8(hello + 32), 93]) + serverRandom + c2s)
+        seed(.server, "transcript-server-disconnects", FuzzHeader.encode(mode: 1, flagA: true, param: 2, chunkSizes: [UInt8(hello + 32), 93]) + serverRandom + c2s)
+        seed(.server, "transcript-hello-and-more-in-one-read", FuzzHeader.encode(mode: 1, chunkSizes: [0]) + serverRandom + c2s)
         seed(.client, "transcript-byte-by-byte",
-             FuzzHeader.encode(mode: 1, flagA: true, param: 3, chunkSizes: [1]) + nonce(transcript.clientRandom) + s2c)
+             FuzzHeader.encode(mode: 1, flagA: true, param: 3, chunkSizes: [1]) + random(transcript.clientRandom) + s2c)
         seed(.observer, "transcript-whole-streams", FuzzHeader.encode(mode: 0, chunkSizes: [0])
              + [0x7F, UInt8(c2s.count >> 8), UInt8(c2s.count & 0xFF)] + c2s + [0xFF, UInt8(s2c.count >> 8), UInt8(s2c.count & 0xFF)] + s2c)
     }
@@ -138,7 +159,10 @@ func makeSeeds(root: String) {
     }
     seed(.handshake, "http", line("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"))
     seed(.handshake, "tls", [0x16, 0x03, 0x01, 0x00, 0xA5, 0x01, 0x00, 0x00, 0xA1, 0x03, 0x03] + [UInt8](repeating: 0x42, count: 32))
-    seed(.handshake, "version-2", Wire.magic + [2] + [UInt8](repeating: 7, count: 64))
+    seed(.handshake, "version-1", Reference.v1Hello(nonce: [UInt8](repeating: 7, count: 32)))
+    seed(.handshake, "identity-utf8-fs", Reference.clientHello(nonce: [UInt8](repeating: 7, count: 32), flags: 3, identity: line("sensor-\u{e9}"),
+                                                               publicKey: [UInt8](repeating: 9, count: 32)))
+    seed(.handshake, "refusal", Wire.magic + [2, 0xFF, 4, 3] + line("no!"))
 
     // Helped sessions: a valid handshake from the fixed key, then peer operations.
     var o = Ops()
@@ -165,7 +189,7 @@ func makeSeeds(root: String) {
     o.disconnect("bye")
     seed(.server, "ops-max-frame", FuzzHeader.encode(mode: 3, chunkSizes: [0]) + o.bytes)
     o = Ops()
-    o.big(type: 0, size: Wire.maximumPlaintextLength + 15, fill: 0x41)
+    o.big(type: 0, size: Wire.maximumPlaintextLength + 7, fill: 0x41)
     seed(.server, "ops-over-limit", FuzzHeader.encode(mode: 3, chunkSizes: [0]) + o.bytes)
     o = Ops()
     o.natural(line("before"))
@@ -173,6 +197,15 @@ func makeSeeds(root: String) {
     o.natural(line("discarded after the server's DISCONNECT"))
     o.disconnect()
     seed(.server, "ops-server-disconnects", FuzzHeader.encode(mode: 3, flagB: true) + o.bytes)
+    o = Ops()
+    o.dataAt(delta: 0, lines: 3)
+    o.dataAt(delta: -2, lines: 4)
+    o.dataAt(delta: 5, lines: 1)
+    o.local(0)
+    o.ping([1, 2, 3, 4, 5, 6, 7, 8])
+    o.local(3)
+    o.disconnect("bye", code: 7)
+    seed(.server, "ops-duplicates-gap-ping", FuzzHeader.encode(mode: 3, flagB: true) + o.bytes)
     o = Ops()
     o.frame(type: 0, line("no newline"))
     seed(.server, "ops-no-newline", FuzzHeader.encode(mode: 3) + o.bytes)
@@ -207,12 +240,19 @@ func makeSeeds(root: String) {
     o = Ops()
     o.frame(type: 0, line("data from a server\n"), s2c: true)
     seed(.client, "ops-server-data", FuzzHeader.encode(mode: 3, param: 1) + o.bytes)
+    o = Ops()
+    o.local(3)
+    o.ping([8, 7, 6, 5, 4, 3, 2, 1], s2c: true)
+    o.ack(2)
+    o.ack(1)
+    seed(.client, "ops-ping-ack-backwards", FuzzHeader.encode(mode: 3, param: 2) + o.bytes)
 
     o = Ops()
     o.natural(line("hello"))
     o.ack(0)
     o.damaged(line("bad"), at: 40, mask: 1)
     o.natural(line("after the damage"))
+    o.ping([1, 1, 1, 1, 1, 1, 1, 1])
     o.disconnect()
     o.disconnect(s2c: true)
     seed(.observer, "ops-both", FuzzHeader.encode(mode: 3, chunkSizes: [7, 0]) + o.bytes)

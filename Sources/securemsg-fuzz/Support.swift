@@ -21,9 +21,10 @@ func outcome(_ text: @autoclosure () -> String, append: Bool = false) {
     #endif
 }
 
-/// The pre-shared key of the core targets: the key of fixtures/protocol/*.txt, so that seeds made
-/// from the vectors replay whole sessions.
-let fuzzKeyBytes: [UInt8] = Hex.decode("bfb6c41c3af017630eed8de4d4946fd698932b04f54d096a30717d7385ca8fcd")!
+/// The pre-shared key of the core targets: the key of fixtures/protocol/v2/*.txt, so that seeds made
+/// from the vectors replay whole sessions. (The v1 vectors' key is `v1FuzzKey`.)
+let fuzzKeyBytes: [UInt8] = Hex.decode("0cb404cbf2515462fcec528141061d640f8fc7ff9c92693511642ce78d9fbe0a")!
+let v1FuzzKey = PreSharedKey(bytes: Hex.decode("bfb6c41c3af017630eed8de4d4946fd698932b04f54d096a30717d7385ca8fcd")!)
 let fuzzKey = PreSharedKey(bytes: fuzzKeyBytes)
 
 /// Reads an input front to back; past the end every read yields zeros (or nothing).
@@ -99,8 +100,46 @@ final class DeterministicRandom: RandomSource {
 
 enum Reference {
     static let ackPrefix = Array("Message received ".utf8)
+    /// The stream id of the v2 vectors, so that seeds made from them replay whole sessions.
+    static let fuzzStream: [UInt8] = Hex.decode("f0d14671dc81f38335d2b141044ebe29")!
 
-    static func hello(nonce: [UInt8]) -> [UInt8] { Wire.magic + [Wire.version] + nonce }
+    /// A v2 ClientHello (PROTOCOL.md 4.1).
+    static func clientHello(nonce: [UInt8], flags: UInt8 = 0, stream: [UInt8] = fuzzStream, identity: [UInt8] = [],
+                            publicKey: [UInt8]? = nil) -> [UInt8] {
+        Wire.magic + [2, flags] + nonce + stream + [UInt8(identity.count)] + identity + (publicKey ?? [])
+    }
+
+    /// A v2 ServerHello without its confirmation.
+    static func serverHelloPrefix(nonce: [UInt8], resume: UInt64 = 0, publicKey: [UInt8]? = nil) -> [UInt8] {
+        Wire.magic + [2, publicKey == nil ? 0 : 1] + nonce + (0..<8).map { UInt8(truncatingIfNeeded: resume >> (56 - 8 * UInt64($0))) }
+            + (publicKey ?? [])
+    }
+
+    static func v1Hello(nonce: [UInt8]) -> [UInt8] { Wire.magic + [1] + nonce }
+
+    /// The length of the well-formed hello at the start of `bytes` as the client sent it (v1: 37; v2 from
+    /// its flags and identity length), or nil while unknown or malformed.
+    static func clientHelloLength(_ bytes: ArraySlice<UInt8>) -> Int? {
+        let b = Array(bytes.prefix(55))
+        guard b.count >= 5, Array(b[0..<4]) == Wire.magic else { return nil }
+        if b[4] == 1 { return 37 }
+        guard b[4] == 2, b.count == 55, b[5] & ~3 == 0, b[5] != 2, b[54] <= 64 else { return nil }
+        return 55 + Int(b[54]) + (b[5] & 1 != 0 ? 32 : 0)
+    }
+
+    /// The length of the server's first message (v1 ServerHello 69; v2 ServerHello 78/110; Refusal 8 + t).
+    static func serverMessageLength(_ bytes: ArraySlice<UInt8>) -> Int? {
+        let b = Array(bytes.prefix(8))
+        guard b.count >= 6, Array(b[0..<4]) == Wire.magic else { return nil }
+        if b[4] == 1 { return 69 }
+        guard b[4] == 2 else { return nil }
+        switch b[5] {
+        case 0: return 78
+        case 1: return 110
+        case 0xFF: return b.count == 8 ? 8 + Int(b[7]) : nil
+        default: return nil
+        }
+    }
 
     static func isValidLength(_ length: Int) -> Bool {
         length >= Wire.minimumFrameLength && length <= Wire.maximumFrameLength
@@ -110,6 +149,8 @@ enum Reference {
     static func bigEndian(_ bytes: ArraySlice<UInt8>) -> Int {
         bytes.reduce(0) { $0 << 8 | Int($1) }
     }
+
+    static func u64(_ n: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: n >> (56 - 8 * UInt64($0))) } }
 
     /// Seals a frame of any type byte and any plaintext length under `sequence` (the product's sealer
     /// refuses over-limit plaintexts, which a fuzzer peer must be able to send).
@@ -131,7 +172,7 @@ enum Reference {
     }
 
     static func tag(_ macInput: ArraySlice<UInt8>, sequence: UInt64, authenticationKey: [UInt8]) -> [UInt8] {
-        var message: [UInt8] = (0..<8).map { UInt8(truncatingIfNeeded: sequence >> (56 - 8 * UInt64($0))) }
+        var message: [UInt8] = u64(sequence)
         message += macInput
         return HMACSHA256.authenticate(key: authenticationKey, message: message)
     }
@@ -158,7 +199,7 @@ enum Reference {
         return (frame[start + 4], Array(plaintext[..<n]))
     }
 
-    /// "Message received N" → N, under the rules of PROTOCOL.md 7.2.
+    /// "Message received N" → N, under the rules of PROTOCOL.md 6.3.
     static func acknowledgement(_ plaintext: [UInt8]) -> UInt64? {
         guard plaintext.count > ackPrefix.count, plaintext.starts(with: ackPrefix) else { return nil }
         let digits = plaintext[ackPrefix.count...]
@@ -169,23 +210,26 @@ enum Reference {
 }
 
 /// One direction of a connection as the reference sees it: every byte fed so far, split into frames
-/// after the handshake units (`frameStart` bytes), as far as the length fields allow.
+/// after the handshake units (`frameStart` bytes, set once the hello lengths are known).
 struct ReferenceStream {
     private(set) var bytes: [UInt8] = []
-    let frameStart: Int
+    var frameStart: Int? {
+        didSet { scanned = frameStart ?? 0 }
+    }
     private(set) var frames: [Range<Int>] = []
-    private var scanned: Int
+    private var scanned = 0
     private var broken = false
 
-    init(frameStart: Int) {
+    init(frameStart: Int? = nil) {
         self.frameStart = frameStart
-        scanned = frameStart
+        scanned = frameStart ?? 0
     }
 
     mutating func append(_ chunk: some Collection<UInt8>) { bytes.append(contentsOf: chunk) }
 
     /// Frame `index` (0-based after the handshake), if the bytes so far hold it whole.
     mutating func frame(_ index: Int) -> ArraySlice<UInt8>? {
+        guard frameStart != nil else { return nil }
         while frames.count <= index, !broken {
             guard bytes.count >= scanned + 4 else { return nil }
             let length = Reference.bigEndian(bytes[scanned..<(scanned + 4)])
@@ -211,20 +255,27 @@ struct ReferenceStream {
     }
 }
 
-/// The keys and confirmations of a session, derived from the hellos by the reference.
+/// The keys and confirmations of a session (v1 or v2), derived from the hellos by the reference. `dh`:
+/// the X25519 shared secret of a forward-secret v2 session, which the caller computes.
 struct ReferenceHandshake {
     let clientHello: [UInt8]
-    let serverHello: [UInt8]  // 69 bytes, as sent
+    let serverHello: [UInt8]
     let keys: SessionKeys
 
-    init?(key: PreSharedKey, clientHello: [UInt8]?, serverHello: [UInt8]?) {
-        guard let clientHello, let serverHello, clientHello.count == Wire.clientHelloLength,
-              serverHello.count == Wire.serverHelloLength,
-              Array(clientHello[0..<5]) == Wire.magic + [Wire.version], Array(serverHello[0..<5]) == Wire.magic + [Wire.version]
+    init?(key: PreSharedKey, clientHello: [UInt8]?, serverHello: [UInt8]?, dh: [UInt8]? = nil) {
+        guard let clientHello, let serverHello, clientHello.count >= 37, serverHello.count >= 69,
+              Array(clientHello[0..<4]) == Wire.magic, Array(serverHello[0..<4]) == Wire.magic,
+              clientHello[4] == serverHello[4], clientHello[4] == 1 || clientHello[4] == 2
+        else { return nil }
+        let v1 = clientHello[4] == 1
+        guard v1 ? (clientHello.count == 37 && serverHello.count == 69)
+            : (clientHello.count == Reference.clientHelloLength(clientHello[...]) && serverHello.count >= 78 && serverHello[5] != 0xFF)
         else { return nil }
         self.clientHello = clientHello
         self.serverHello = serverHello
-        keys = SessionKeys(preSharedKey: key, clientNonce: Array(clientHello[5..<37]), serverNonce: Array(serverHello[5..<37]))
+        let nonces = v1 ? 5..<37 : 6..<38
+        keys = SessionKeys(version: clientHello[4], preSharedKey: key, sharedSecret: v1 ? nil : dh,
+                           clientNonce: Array(clientHello[nonces]), serverNonce: Array(serverHello[nonces]))
     }
 
     static func serverConfirmation(_ keys: SessionKeys, clientHello: [UInt8], serverHelloPrefix: [UInt8]) -> [UInt8] {
@@ -232,8 +283,9 @@ struct ReferenceHandshake {
     }
 
     var serverConfirmationIsValid: Bool {
-        Self.serverConfirmation(keys, clientHello: clientHello, serverHelloPrefix: Array(serverHello[0..<37]))
-            == Array(serverHello[37...])
+        let split = serverHello.count - Wire.tagLength
+        return Self.serverConfirmation(keys, clientHello: clientHello, serverHelloPrefix: Array(serverHello[..<split]))
+            == Array(serverHello[split...])
     }
 
     var clientConfirmation: [UInt8] {

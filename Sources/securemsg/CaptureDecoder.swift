@@ -8,10 +8,12 @@ import SecureMsgCore
 /// open connections' unconsumed bytes (a partial frame each, or the client's bytes held until the
 /// ServerHello), never by the capture's size.
 ///
-/// Rows (through `MessageFormatter`, so the escaping is serve's):
-///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DATA line
-///     TIME CLIENT->SERVER #CONNECTION dir=s2c seq=N type=ACK Message received N
-///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DISCONNECT reason
+/// Rows (through `MessageFormatter`, so the escaping is serve's); v2 sessions add `stream=` (and
+/// `identity=` when not empty), DATA rows `offset=` (the stream offset of the frame's first line),
+/// DISCONNECT rows `code=`:
+///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DATA [stream=HEX offset=N] line
+///     TIME CLIENT->SERVER #CONNECTION dir=s2c seq=N type=ACK [stream=HEX] Message received N
+///     TIME CLIENT->SERVER #CONNECTION dir=c2s seq=N type=DISCONNECT [stream=HEX code=N] reason
 /// `raw` prints only the DATA lines.
 final class CaptureDecoder {
     struct Counts {
@@ -21,6 +23,11 @@ final class CaptureDecoder {
         var dataFrames = 0
         var acks = 0
         var disconnects = 0
+        var pings = 0
+        var forwardSecret = 0
+        var withoutKeyLog = 0
+        var unknownIdentities = 0
+        var refusals = 0
         var lines = 0
         var authenticationFailures = 0
         var keyMismatches = 0
@@ -33,7 +40,7 @@ final class CaptureDecoder {
 
         var failures: Int {
             authenticationFailures + keyMismatches + notSecuremsg + withoutHandshake + gaps + incomplete + framingErrors
-                + unreadable
+                + unreadable + withoutKeyLog + unknownIdentities
         }
     }
 
@@ -51,10 +58,12 @@ final class CaptureDecoder {
         var lost: Set<Direction> = []  // directions given up (gap, lost framing)
         var closed: Set<Direction> = []
         var splitters: [Direction: UnitSplitter] = [
-            .clientToServer: UnitSplitter(handshakeUnits: [Wire.clientHelloLength, Wire.clientFinishedLength]),
-            .serverToClient: UnitSplitter(handshakeUnits: [Wire.serverHelloLength]),
+            .clientToServer: UnitSplitter(handshakeUnits: [.clientHello, .clientFinished]),
+            .serverToClient: UnitSplitter(handshakeUnits: [.serverHello]),
         ]
         var lastSequence: [Direction: UInt64] = [:]
+        /// Fields every row of a v2 session carries (stream, identity).
+        var sessionFields: [(key: String, value: String)] = []
 
         init(key: ConnectionKey, sawStart: Bool, observer: Observer) {
             self.key = key
@@ -65,14 +74,16 @@ final class CaptureDecoder {
     }
 
     private let preSharedKey: PreSharedKey
+    private let keyLog: KeyLog
     private let formatter: MessageFormatter
     private let output: OutputSink
     private var connections: [Int: Connection] = [:]
     private(set) var counts = Counts()
     private var row: [UInt8] = []
 
-    init(key: PreSharedKey, format: OutputFormat, output: OutputSink) {
+    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
         preSharedKey = key
+        self.keyLog = keyLog
         formatter = MessageFormatter(format: format)
         self.output = output
     }
@@ -83,7 +94,7 @@ final class CaptureDecoder {
         switch event {
         case let .opened(key, sawStart, _):
             counts.connections += 1
-            connections[key.instance] = Connection(key: key, sawStart: sawStart, observer: Observer(key: preSharedKey))
+            connections[key.instance] = Connection(key: key, sawStart: sawStart, observer: Observer(key: preSharedKey, keyLog: keyLog))
         case let .data(key, direction, bytes, at):
             guard let connection = connections[key.instance] else { return }
             receive(connection, Direction(direction), bytes, at: at)
@@ -146,29 +157,64 @@ final class CaptureDecoder {
 
     private func deliver(_ event: Observer.Event, _ connection: Connection, at: CaptureTimestamp) {
         switch event {
-        case .handshakeCompleted:
+        case .handshakeCompleted(let handshake):
             connection.handshakeCompleted = true
             counts.decrypted += 1
+            if handshake.forwardSecrecy { counts.forwardSecret += 1 }
+            if let stream = handshake.streamID {
+                connection.sessionFields = [("stream", stream.description)]
+                if !handshake.identity.isEmpty { connection.sessionFields.append(("identity", fieldValue(handshake.identity))) }
+            }
+        case let .refused(code, text):
+            counts.refusals += 1
+            connection.observer = nil  // nothing more to read, and nothing missing
+            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.escaped(Array(text.utf8), limit: Wire.maximumRefusalTextLength)) (code \(code.rawValue))")
+        case .forwardSecretSessionWithoutKeyLog(let nonce):
+            counts.withoutKeyLog += 1
+            connection.observer = nil
+            report(connection, at: at, "forward-secret session without a key-log line (client nonce \(Hex.encode(nonce))): cannot decrypt it (give serve's --key-log file with --key-log)")
+        case .unknownIdentity(let identity):
+            counts.unknownIdentities += 1
+            connection.observer = nil
+            report(connection, at: at, "no key for identity \(fieldValue(identity)): cannot decrypt this connection")
         case let .frame(direction, type, sequence, plaintext):
             connection.lastSequence[direction] = sequence
             counts.frames += 1
             row.removeAll(keepingCapacity: true)
-            let context = LineContext(
+            var context = LineContext(
                 time: iso8601UTC(seconds: at.seconds, nanoseconds: at.nanoseconds), peer: connection.label,
                 session: UInt64(connection.key.instance),
-                extra: [("dir", direction.description), ("seq", String(sequence)), ("type", type.description)])
+                extra: [("dir", direction.description), ("seq", String(sequence)), ("type", type.description)] + connection.sessionFields)
+            let v2 = !connection.sessionFields.isEmpty
             switch type {
             case .data:
                 counts.dataFrames += 1
-                var lineCount = plaintext.count { $0 == 0x0A }
-                if let last = plaintext.last, last != 0x0A { lineCount += 1 }
+                var lines = plaintext[...]
+                if v2, let (first, rest) = Observer.dataLines(plaintext) {
+                    context.extra.append(("offset", String(first)))
+                    lines = rest
+                }
+                var lineCount = lines.count { $0 == 0x0A }
+                if let last = lines.last, last != 0x0A { lineCount += 1 }
                 counts.lines += lineCount
-                formatter.append(lines: plaintext, context: context, to: &row)
-                if formatter.format == .raw, let last = plaintext.last, last != 0x0A { row.append(0x0A) }
-            case .ack, .disconnect:
-                if type == .ack { counts.acks += 1 } else { counts.disconnects += 1 }
+                lines.withUnsafeBytes { formatter.append(lines: $0, context: context, to: &row) }
+                if formatter.format == .raw, let last = lines.last, last != 0x0A { row.append(0x0A) }
+            case .ack, .disconnect, .ping, .pong:
+                var note = plaintext[...]
+                switch type {
+                case .ack: counts.acks += 1
+                case .disconnect:
+                    counts.disconnects += 1
+                    if v2, let (code, reason) = Observer.disconnectReason(plaintext) {
+                        context.extra.append(("code", String(code.rawValue)))
+                        note = reason
+                    }
+                default:
+                    counts.pings += 1
+                    note = ArraySlice(Hex.encode(plaintext).utf8)  // 8 opaque bytes
+                }
                 if formatter.format != .raw {
-                    plaintext.withUnsafeBytes { formatter.append(note: $0, context: context, to: &row) }
+                    note.withUnsafeBytes { formatter.append(note: $0, context: context, to: &row) }
                 }
             }
             output.write(row)
@@ -210,7 +256,7 @@ final class CaptureDecoder {
             report(connection, at: at, "not securemsg (bad magic) in \(direction)")
         case .unsupportedVersion(let version):
             counts.notSecuremsg += 1
-            report(connection, at: at, "not securemsg v\(Wire.version) (protocol version \(version)) in \(direction)")
+            report(connection, at: at, "not securemsg v1 or v2 (protocol version \(version)) in \(direction)")
         default:
             counts.framingErrors += 1
             report(connection, at: at, "handshake failed in \(direction): \(error)")
@@ -261,6 +307,11 @@ final class CaptureDecoder {
     }
 }
 
+/// A value from the wire made safe for a `key=value` field: escaped, spaces included.
+private func fieldValue(_ text: String) -> String {
+    PeerText.escaped(Array(text.utf8), limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
+}
+
 extension Direction {
     init(_ direction: StreamDirection) {
         self = direction == .clientToServer ? .clientToServer : .serverToClient
@@ -268,15 +319,18 @@ extension Direction {
 }
 
 /// Finds where protocol units (hellos, ClientFinished, frames) end in a direction's byte stream, so
-/// that the observer can be fed one unit at a time. It reads the same lengths the observer does; once a
-/// length is invalid it stops cutting (the observer rejects that unit itself).
+/// that the observer can be fed one unit at a time. It reads the same lengths the observer does (v1's
+/// fixed hellos, v2's variable ones: identity, X25519 key, refusal text); once a length cannot be read
+/// it stops cutting (the observer rejects that unit itself).
 struct UnitSplitter {
-    private var handshakeUnits: [Int]
+    enum HandshakeUnit { case clientHello, clientFinished, serverHello }
+
+    private var handshakeUnits: [HandshakeUnit]
     private var remaining = 0  // bytes left in the current unit; 0 at a unit boundary
-    private var header: [UInt8] = []  // the part of a frame's length field seen so far
+    private var header: [UInt8] = []  // the part of a hello or of a frame's length field seen so far
     private var broken = false
 
-    init(handshakeUnits: [Int]) {
+    init(handshakeUnits: [HandshakeUnit]) {
         self.handshakeUnits = handshakeUnits
     }
 
@@ -290,8 +344,21 @@ struct UnitSplitter {
                 remaining -= take
                 position += take
                 if remaining == 0 { ends.append(position) }
-            } else if !handshakeUnits.isEmpty {
-                remaining = handshakeUnits.removeFirst()
+            } else if let unit = handshakeUnits.first {
+                // Hellos: gather bytes until the length shows, then count the rest of the unit.
+                header.append(bytes[position])
+                position += 1
+                switch Self.length(of: unit, prefix: header) {
+                case .none:
+                    continue
+                case .some(nil):
+                    broken = true
+                case .some(let length?):
+                    handshakeUnits.removeFirst()
+                    remaining = length - header.count
+                    header.removeAll(keepingCapacity: true)
+                    if remaining == 0 { ends.append(position) }
+                }
             } else {
                 let take = min(Wire.lengthFieldSize - header.count, bytes.count - position)
                 header.append(contentsOf: bytes[position..<(position + take)])
@@ -308,5 +375,32 @@ struct UnitSplitter {
             }
         }
         return ends
+    }
+
+    /// The whole length of a handshake unit from its first bytes: nil = need more, .some(nil) = cannot
+    /// tell (not a hello of a known version). docs/PROTOCOL.md §4 and appendix A.
+    static func length(of unit: HandshakeUnit, prefix: [UInt8]) -> Int?? {
+        if unit == .clientFinished { return Wire.clientFinishedLength }
+        guard prefix.count > Wire.magic.count else { return nil as Int?? }
+        guard prefix.starts(with: Wire.magic) else { return .some(nil) }
+        let version = prefix[Wire.magic.count]
+        if version == Wire.V1.version { return unit == .clientHello ? Wire.V1.clientHelloLength : Wire.V1.serverHelloLength }
+        guard version == Wire.version else { return .some(nil) }
+        guard prefix.count > 5 else { return nil as Int?? }
+        let flags = prefix[5]
+        switch unit {
+        case .clientHello:
+            let identityLengthIndex = Wire.clientHelloFixedLength - 1
+            guard prefix.count > identityLengthIndex else { return nil as Int?? }
+            return Wire.clientHelloFixedLength + Int(prefix[identityLengthIndex])
+                + (flags & Wire.flagForwardSecrecyOffered != 0 ? Wire.x25519KeyLength : 0)
+        case .serverHello where flags == Wire.refusalFlags:
+            guard prefix.count >= Wire.refusalHeaderLength else { return nil as Int?? }
+            return Wire.refusalHeaderLength + Int(prefix[Wire.refusalHeaderLength - 1])
+        case .serverHello:
+            return Wire.serverHelloFixedLength + (flags & Wire.flagForwardSecrecyChosen != 0 ? Wire.x25519KeyLength : 0)
+        case .clientFinished:
+            return Wire.clientFinishedLength
+        }
     }
 }

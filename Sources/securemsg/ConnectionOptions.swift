@@ -1,5 +1,6 @@
 import ArgumentParser
 import NIOCore
+import SecureMsgCore
 import SecureMsgNet
 
 /// Options shared by the clients (send, repl).
@@ -10,10 +11,16 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Seconds allowed for connecting and the handshake.") var connectTimeout = 10
     @Option(help: "Seconds without an acknowledgement, while lines are outstanding, before giving up.")
     var ackTimeout = 60
+    @Option(help: "Seconds without anything from the server before sending it a PING.") var heartbeatInterval = 15.0
+    @Option(help: "Seconds without anything from the server before giving up (heartbeat timeout).")
+    var heartbeatTimeout = 45.0
+    @Flag(help: "Offer forward secrecy (X25519); the server chooses.") var forwardSecrecy = false
+    @Flag(help: "Offer forward secrecy and fail unless the server chooses it.") var requireForwardSecrecy = false
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
         guard connectTimeout > 0, ackTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
     }
 
     func clientOptions() throws -> ClientOptions {
@@ -22,6 +29,20 @@ struct ConnectionOptions: ParsableArguments {
         options.port = port
         options.connectTimeout = .seconds(Int64(connectTimeout))
         options.acknowledgementTimeout = .seconds(Int64(ackTimeout))
+        options.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
+        options.forwardSecrecy = requireForwardSecrecy ? .required : forwardSecrecy ? .offered : .off
         return options
     }
+}
+
+/// The heartbeat options of serve, send and repl: seconds, fractions allowed, timeout above interval.
+func validateHeartbeat(interval: Double, timeout: Double) throws {
+    guard interval >= 0.1, interval <= 86_400, timeout <= 86_400 * 7 else {
+        throw ValidationError("--heartbeat-interval must be 0.1...86400 seconds and --heartbeat-timeout at most 604800")
+    }
+    guard timeout > interval else { throw ValidationError("--heartbeat-timeout must exceed --heartbeat-interval") }
+}
+
+func heartbeatConfiguration(interval: Double, timeout: Double) -> Heartbeat.Configuration {
+    Heartbeat.Configuration(intervalNanoseconds: UInt64(interval * 1e9), timeoutNanoseconds: UInt64(timeout * 1e9))
 }

@@ -9,17 +9,20 @@ struct DecryptLog: ParsableCommand {
         commandName: "decrypt-log",
         abstract: "Decrypt captured securemsg traffic (pcap/pcapng) with the key.",
         discussion: """
-            Prints every message of both directions in capture order: \
-            `TIME CLIENT->SERVER #CONNECTION dir=c2s|s2c seq=N type=DATA|ACK|DISCONNECT TEXT` (text), one JSON \
-            object per row (jsonl), or the DATA lines alone (raw). Frames that fail authentication, gaps, \
-            connections whose handshake is not in the capture, key mismatches and non-securemsg traffic are \
+            Reads protocol v1 and v2 sessions. Prints every message of both directions in capture order: \
+            `TIME CLIENT->SERVER #CONNECTION dir=c2s|s2c seq=N type=DATA|ACK|DISCONNECT|PING|PONG [stream=HEX \
+            identity=NAME offset=N code=N] TEXT` (text), one JSON object per row (jsonl), or the DATA lines alone \
+            (raw). Frames that fail authentication, gaps, connections whose handshake is not in the capture, \
+            key mismatches, forward-secret sessions without a key-log line and non-securemsg traffic are \
             reported on stderr, followed by a summary. Exit status: 0 when everything found was decrypted \
-            and authenticated, 1 otherwise, 2 for bad input (key, unreadable file, not a capture).
+            and authenticated, 1 otherwise, 2 for bad input (key, key log, unreadable file, not a capture).
             """)
 
     @OptionGroup var key: KeyOptions
     @Option(help: "The server's TCP port in the capture.") var port = 5050
     @Option(help: "Output format: text, jsonl or raw (DATA lines only).") var format: OutputFormat = .text
+    @Option(help: ArgumentHelp("serve's --key-log file: the secrets of forward-secret sessions (owner-only, like a key file).", valueName: "path"))
+    var keyLog: String?
     @Argument(help: ArgumentHelp("pcap or pcapng files, read in order as one capture; - is stdin.", valueName: "capture"))
     var captures: [String]
 
@@ -35,6 +38,7 @@ struct DecryptLog: ParsableCommand {
 
     private func decrypt() throws {
         let preSharedKey = try key.load(createIfMissing: false)
+        let secrets = try keyLog.map(Self.loadKeyLog) ?? KeyLog()
         // Every file is checked before any output, so a typo does not leave half a result behind. Files are
         // then opened one at a time (a long rotated series must not hold every file open).
         for path in captures where path != "-" {
@@ -45,7 +49,7 @@ struct DecryptLog: ParsableCommand {
             }
         }
         let sink = OutputSink()
-        let decoder = CaptureDecoder(key: preSharedKey, format: format, output: sink)
+        let decoder = CaptureDecoder(key: preSharedKey, keyLog: secrets, format: format, output: sink)
         let reassembler = TCPReassembler(serverPort: UInt16(port))
         var lastTime = CaptureTimestamp.zero
         files: for path in captures {
@@ -86,12 +90,33 @@ struct DecryptLog: ParsableCommand {
         if counts.failures > 0 { throw ExitCode(1) }
     }
 
+    /// Reads a key log: as secret as a key, so refused (exit 2) when group or others may read it.
+    static func loadKeyLog(_ path: String) throws -> KeyLog {
+        var status = stat()
+        guard stat(path, &status) == 0 else {
+            throw CommandFailure(message: "key log \(path): \(String(cString: strerror(errno)))", exitCode: 2)
+        }
+        guard status.st_mode & 0o077 == 0 else {
+            throw CommandFailure(message: "key log \(path): group or others may read it (chmod 600)", exitCode: 2)
+        }
+        do {
+            return try KeyLog(parsing: String(contentsOfFile: path, encoding: .utf8))
+        } catch let error as KeyLog.ParseError {
+            throw CommandFailure(message: "\(path): \(error)", exitCode: 2)
+        } catch {
+            throw CommandFailure(message: "key log \(path): not readable UTF-8 text", exitCode: 2)
+        }
+    }
+
     static func summary(_ c: CaptureDecoder.Counts) -> String {
         func n(_ count: Int, _ singular: String, _ plural: String? = nil) -> String {
             "\(count) \(count == 1 ? singular : plural ?? singular + "s")"
         }
-        var text = "\(n(c.connections, "connection")) (\(c.decrypted) decrypted), "
-            + "\(n(c.frames, "frame")) (\(c.dataFrames) DATA, \(c.acks) ACK, \(c.disconnects) DISCONNECT), "
+        let forwardSecret = c.forwardSecret > 0 ? ", \(c.forwardSecret) with forward secrecy" : ""
+        let pings = c.pings > 0 ? ", \(c.pings) PING/PONG" : ""
+        let refusals = c.refusals > 0 ? ", \(c.refusals) refused" : ""
+        var text = "\(n(c.connections, "connection")) (\(c.decrypted) decrypted\(forwardSecret)\(refusals)), "
+            + "\(n(c.frames, "frame")) (\(c.dataFrames) DATA, \(c.acks) ACK, \(c.disconnects) DISCONNECT\(pings)), "
             + "\(n(c.lines, "line")), \(n(c.failures, "failure"))"
         let parts = [
             (c.authenticationFailures, "failed authentication", "failed authentication"),
@@ -102,6 +127,8 @@ struct DecryptLog: ParsableCommand {
             (c.incomplete, "incomplete", "incomplete"),
             (c.framingErrors, "framing error", "framing errors"),
             (c.unreadable, "unreadable capture", "unreadable captures"),
+            (c.withoutKeyLog, "forward-secret without key-log line", "forward-secret without key-log line"),
+            (c.unknownIdentities, "unknown identity", "unknown identities"),
         ].filter { $0.0 > 0 }.map { "\($0.0) \($0.0 == 1 ? $0.1 : $0.2)" }
         if !parts.isEmpty { text += ": " + parts.joined(separator: ", ") }
         return text

@@ -199,27 +199,9 @@ enum ReplSession {
 
     private static func lineCount(_ n: Int) -> String { "\(n) line\(n == 1 ? "" : "s")" }
 
-    /// A failure's description can carry the server's DISCONNECT reason, which is text from the wire:
-    /// escaped so that it cannot drive the terminal.
+    /// A failure's description can carry text from the wire (a DISCONNECT reason, a refusal): the
+    /// descriptions escape it where it is quoted (`PeerText.escaped`), so it cannot drive the terminal.
     static func describe(_ failure: ClientFailure) -> String {
-        escapedForTerminal(failure.description)
-    }
-
-    /// C0 and C1 controls, DEL and bidi controls as `\xNN` / `\u{NNNN}`; a backslash doubled.
-    static func escapedForTerminal(_ text: String) -> String {
-        var output = String.UnicodeScalarView()
-        for scalar in text.unicodeScalars {
-            switch scalar.value {
-            case 0x5C:
-                output.append(contentsOf: #"\\"#.unicodeScalars)
-            case 0..<0x20, 0x7F...0x9F:
-                output.append(contentsOf: String(format: "\\x%02x", scalar.value).unicodeScalars)
-            case 0x061C, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069:
-                output.append(contentsOf: String(format: "\\u{%04X}", scalar.value).unicodeScalars)
-            default:
-                output.append(scalar)
-            }
-        }
-        return String(output)
+        failure.description
     }
 }

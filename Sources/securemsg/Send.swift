@@ -31,9 +31,18 @@ struct Send: ParsableCommand {
         let options = try connection.clientOptions()
         let started = Date()
         let progress = isatty(STDERR_FILENO) == 1 ? ProgressLine() : nil
+        // Input is awaited together with the connection: a server that goes away (killed, shut down,
+        // blackholed) is reported at once, even while stdin is quiet.
+        let wakeup: WakeupPipe
+        do {
+            wakeup = try WakeupPipe()
+        } catch {
+            throw CommandFailure(message: "\(error)", exitCode: 1)
+        }
         let client: ClientConnection
         do {
-            client = try ClientConnection(options: options, onAcknowledged: { _, total in progress?.update(total) })
+            client = try ClientConnection(
+                options: options, onAcknowledged: { _, total in progress?.update(total) }, onTerminated: { _ in wakeup.notify() })
         } catch {
             throw CommandFailure(message: "\(error)", exitCode: 1)
         }
@@ -46,6 +55,7 @@ struct Send: ParsableCommand {
         do {
             inputs: for (name, fd) in inputs {
                 while true {
+                    guard waitForInput(fd, wakeup: wakeup, client: client) else { break inputs }  // finish() says why
                     let n = read(fd, chunk.baseAddress, chunk.count)
                     if n < 0 && errno == EINTR { continue }
                     if n < 0 {
@@ -81,6 +91,22 @@ struct Send: ParsableCommand {
             StandardError.line(String(
                 format: "securemsg send: %d lines (%d bytes) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
                 lines, bytesSent, seconds, Double(lines) / seconds, Double(bytesSent) / seconds / 1e6))
+        }
+    }
+
+    /// Waits until `fd` is readable (true) or the session has ended (false).
+    private func waitForInput(_ fd: Int32, wakeup: WakeupPipe, client: ClientConnection) -> Bool {
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0)]
+        while true {
+            if client.isTerminated { return false }
+            fds[0].revents = 0
+            fds[1].revents = 0
+            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                if errno == EINTR { continue }
+                return true  // let read(2) report the problem
+            }
+            if fds[1].revents != 0 { _ = wakeup.drain() }
+            if fds[0].revents != 0 { return true }
         }
     }
 

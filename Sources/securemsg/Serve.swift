@@ -28,6 +28,13 @@ struct Serve: ParsableCommand {
     @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 10
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
     @Option(help: "Event loop threads (default: one per two cores).") var threads = ServerConfiguration.defaultThreads
+    @Option(help: "Seconds without anything from a client before serve sends it a PING.") var heartbeatInterval = 15.0
+    @Option(help: "Seconds without anything from a client before serve ends its session (heartbeat timeout).")
+    var heartbeatTimeout = 45.0
+    @Flag(help: "Choose forward secrecy (X25519) for clients that offer it. Captures of those sessions can then be read only with --key-log's file.")
+    var forwardSecrecy = false
+    @Option(help: ArgumentHelp("Append one line per forward-secret session to this file (created 0600), for decrypt-log --key-log. As secret as the key.", valueName: "path"))
+    var keyLog: String?
     @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
 
     func validate() throws {
@@ -37,6 +44,10 @@ struct Serve: ParsableCommand {
         }
         guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0 else {
             throw ValidationError("limits and timeouts must be positive")
+        }
+        try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
+        if keyLog != nil && !forwardSecrecy {
+            throw ValidationError("--key-log needs --forward-secrecy (only forward-secret sessions have key-log lines)")
         }
     }
 
@@ -54,6 +65,9 @@ struct Serve: ParsableCommand {
             configuration.idleTimeout = .seconds(Int64(idleTimeout))
             configuration.threads = threads
             configuration.verbose = verbose
+            configuration.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
+            configuration.forwardSecrecy = forwardSecrecy
+            configuration.keyLogPath = keyLog
             let server: SecureServer
             do {
                 server = try SecureServer(configuration: configuration)

@@ -97,6 +97,7 @@ final class AttackBed {
 enum Reason {
     static let badMagic = "error: not a securemsg peer (bad magic)"
     static let unsupportedVersion = "error: unsupported protocol version"
+    static let malformedHello = "error: malformed hello"
     static let keyMismatch = "error: key mismatch"
     static let authenticationFailed = "error: authentication failed"
     static let frameTooLarge = "error: frame too large"
@@ -118,8 +119,12 @@ enum Reason {
         let bed = try AttackBed()
         var count = 0
 
-        // ClientHello: magic → bad magic, version → unsupported version, nonce → key mismatch.
-        for offset in 0..<Wire.clientHelloLength {
+        // ClientHello v2: magic(4) version(1) flags(1) nonce(32) stream(16) identity_length(1). Magic → bad
+        // magic; version → a Refusal "unsupported version"; flags → malformed hello (FS_OFFERED alone makes
+        // the hello 32 bytes longer: serve waits for them); identity length → waits for the identity (≤ 64)
+        // or malformed (> 64); nonce and stream → key mismatch (the transcript differs).
+        let identityLengthIndex = Wire.clientHelloFixedLength - 1
+        for offset in 0..<Wire.clientHelloFixedLength {
             for bit in 0..<8 {
                 let attacker = try bed.attacker()
                 var hello = attacker.clientHello
@@ -131,7 +136,14 @@ enum Reason {
                     #expect(outcome.received.isEmpty, "\(what)")
                 } else if offset == 4 {
                     let outcome = bed.expectRejected(attacker.socket, Reason.unsupportedVersion + " \(hello[4])", what: what)
+                    #expect(outcome.received.starts(with: Wire.magic + [Wire.version, Wire.refusalFlags, RefusalCode.unsupportedVersion.rawValue]), "\(what)")
+                } else if (offset == 5 && bit == 0) || (offset == identityLengthIndex && hello[offset] <= Wire.maximumIdentityLength) {
+                    attacker.socket.shutdownWrite()  // serve waits for the longer hello: it is cut short
+                    let outcome = bed.expectRejected(attacker.socket, Reason.truncated, what: what)
                     #expect(outcome.received.isEmpty, "\(what)")
+                } else if offset == 5 || offset == identityLengthIndex {
+                    let outcome = bed.expectRejected(attacker.socket, Reason.malformedHello, what: what)
+                    #expect(outcome.received.starts(with: Wire.magic + [Wire.version, Wire.refusalFlags, RefusalCode.malformedHello.rawValue]), "\(what)")
                 } else {
                     // The server answers a well-formed hello; the nonce it read is not ours, so both
                     // confirmations fail: the client session sees a mismatch, serve reports one.
@@ -226,7 +238,7 @@ enum Reason {
         #expect(all.count == (1 + 16 + 16 + 32) * 8 + 4)
         let distinct = Set(all.map { "\($0.reason)|\($0.closed)|\($0.received.count)" })
         #expect(distinct == ["error: authentication failed (frame tampered, replayed, reordered or dropped) |EOF|0"], "\(distinct)")
-        #expect(count == (37 + 32 + 69) * 8)
+        #expect(count == (Wire.clientHelloFixedLength + 32 + 69) * 8)
         try bed.finish()
     }
 
@@ -247,7 +259,7 @@ enum Reason {
                 bed.expectOneLine(about: attacker.peer, expected, what: what + " (close)")
             }
         }
-        for cut in 1..<Wire.clientHelloLength {
+        for cut in 1..<Wire.clientHelloFixedLength {
             let attacker = try bed.attacker()
             try attacker.socket.write(Array(attacker.clientHello[..<cut]))
             end(attacker, Reason.truncated, "ClientHello[..<\(cut)]")
@@ -339,7 +351,7 @@ enum Reason {
             ("TLS ClientHello", tlsClientHello, Reason.badMagic),
             ("SSH banner", Array("SSH-2.0-OpenSSH_9.2\r\n".utf8), Reason.badMagic),
             ("one wrong byte", [0x00], Reason.badMagic),
-            ("SMSG version 2", Wire.magic + [2] + SystemRandom().bytes(32), Reason.unsupportedVersion + " 2"),
+            ("SMSG version 3", Wire.magic + [3] + SystemRandom().bytes(32), Reason.unsupportedVersion + " 3"),
         ]
         for (what, bytes, expected) in cases {
             let socket = try RawSocket(port: bed.port)
@@ -348,7 +360,12 @@ enum Reason {
             let outcome = bed.expectRejected(socket, expected, within: 3, what: what)
             let elapsed = Date().timeIntervalSince(start)
             #expect(elapsed < 2, "\(what): rejected after \(elapsed) s, not at once")
-            #expect(outcome.received.isEmpty, "\(what)")
+            if expected.hasPrefix(Reason.unsupportedVersion) {
+                // A securemsg peer of another version is told so (v2 Refusal, code 1); others get nothing.
+                #expect(outcome.received.starts(with: Wire.magic + [Wire.version, Wire.refusalFlags, RefusalCode.unsupportedVersion.rawValue]), "\(what)")
+            } else {
+                #expect(outcome.received.isEmpty, "\(what)")
+            }
         }
         try bed.finish()
     }
@@ -436,8 +453,8 @@ enum Reason {
         #expect(dribbled.seconds > 1.5 && dribbled.seconds < 4.5, "dribbled frame: cut after \(dribbled.seconds) s")
         #expect(dribbled.how == .eof, "dribbled frame: \(dribbled.how)")
         bed.expectOneLine(about: dribbled.peer, Reason.idleTimeout, what: "dribbled frame")
-        // What serve sent before closing: its DISCONNECT "idle timeout", which a client session can read.
-        #expect(dribbled.received.count == FrameSealer.sealedLength(plaintextLength: "idle timeout".utf8.count))
+        // What serve sent before closing: its DISCONNECT (code 2) "idle timeout", which a client session can read.
+        #expect(dribbled.received.count == FrameSealer.sealedLength(plaintextLength: 2 + "idle timeout".utf8.count))
         #expect(dribbled.received.count > 4 && dribbled.received[4] == FrameType.disconnect.rawValue)
         try bed.finish()
     }
@@ -533,9 +550,11 @@ enum Reason {
             }
         }
         #expect(refused.count == expectedRefusals && open.count == limit - 1)
+        // Each refused connection got the v2 Refusal "too many connections" (code 2), then EOF.
+        let refusal = Wire.magic + [Wire.version, Wire.refusalFlags, RefusalCode.tooManyConnections.rawValue]
         for socket in refused.prefix(50) {
             let (how, received) = socket.waitForClose(timeout: 5)
-            #expect((how == .eof || how == .reset) && received.isEmpty)
+            #expect((how == .eof || how == .reset) && received.starts(with: refusal), "\(received)")
         }
 
         // At the limit: a newcomer is refused cleanly.

@@ -30,11 +30,14 @@ private final class SilentServer: @unchecked Sendable {
             let connection = accept(listener, nil, nil)
             guard connection >= 0 else { return }
             defer { close(connection) }
-            let session = Session(role: .server, key: key)
+            let session = Session(server: .init())
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(connection, $0.baseAddress, $0.count) }
-                guard n > 0, (try? session.receive(Array(buffer[..<n]))) != nil else { return }
+                guard n > 0, let events = try? session.receive(Array(buffer[..<n])) else { return }
+                if events.contains(where: { if case .helloReceived = $0 { true } else { false } }) {
+                    guard (try? session.accept(key: key, resumeOffset: 0, forwardSecrecy: false)) != nil else { return }
+                }
                 let reply = session.takeOutbound()  // the handshake only: DATA is never acknowledged
                 if !reply.isEmpty { _ = reply.withUnsafeBytes { write(connection, $0.baseAddress, $0.count) } }
             }

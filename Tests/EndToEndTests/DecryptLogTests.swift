@@ -327,12 +327,22 @@ import Testing
         #expect(data[0].text == "line-0" && data[999].text == "line-999")
         #expect(data[7].text == #"tab\there \x1b[31m \u{202E} back\\slash"#)
         #expect(data[500].text == #"bad \xff\xc0 utf8"#)
-        // Acknowledgements: increasing, the last one for the last DATA frame; the DISCONNECT exchange.
+        // v2 rows: one stream; each DATA frame's offset is the number of lines before it.
+        let stream = data[0].stream
+        #expect(stream != nil && rows.allSatisfy { $0.stream == stream })
+        var linesBefore: UInt64 = 0
+        for (sequence, frame) in Dictionary(grouping: data, by: \.sequence).sorted(by: { $0.key < $1.key }) {
+            #expect(frame.allSatisfy { $0.offset == linesBefore }, "frame \(sequence)")
+            linesBefore += UInt64(frame.count)
+        }
+        // Acknowledgements name line offsets ("durable up to N"): increasing, the last one for all 1,000
+        // lines; the DISCONNECT exchange (code 0 both ways).
         let dataFrames = Array(Set(data.map(\.sequence))).sorted()
         let acked = rows.filter { $0.type == "ACK" }.map { UInt64($0.text.split(separator: " ").last!)! }
         #expect(dataFrames.count > 10, "send should have made many frames")
         #expect(!acked.isEmpty && acked == acked.sorted() && Set(acked).count == acked.count)
-        #expect(acked.last == dataFrames.last)
+        #expect(acked.last == 1000)
+        #expect(rows.filter { $0.type == "DISCONNECT" }.map(\.code) == [0, 0])
         #expect(rows.filter { $0.type == "DISCONNECT" }.map(\.direction) == ["c2s", "s2c"])
         #expect(clean.stderr.contains("1 connection (1 decrypted)") && clean.stderr.contains("1000 lines, 0 failures"))
 
@@ -356,21 +366,32 @@ import Testing
 }
 
 extension DecryptLogTests {
-    /// One text row: `TIME CLIENT->SERVER #N dir=D seq=S type=T TEXT`.
+    /// One text row: `TIME CLIENT->SERVER #N dir=D seq=S type=T [stream=HEX] [identity=NAME] [offset=N] [code=N] TEXT`
+    /// (the bracketed fields only in v2 sessions).
     struct Row: Equatable {
         var time, peer: String
         var number: Int
         var direction: String
         var sequence: UInt64
         var type, text: String
+        var stream, identity: String?
+        var offset: UInt64?
+        var code: Int?
 
         init?(_ line: Substring) {
-            guard let m = line.wholeMatch(of: /(\S+) (\S+) #(\d+) dir=(c2s|s2c) seq=(\d+) type=(DATA|ACK|DISCONNECT) (.*)/) else { return nil }
+            guard let m = line.wholeMatch(
+                of: /(\S+) (\S+) #(\d+) dir=(c2s|s2c) seq=(\d+) type=(DATA|ACK|DISCONNECT|PING|PONG)(?: stream=([0-9a-f]{32}))?(?: identity=(\S+))?(?: offset=(\d+))?(?: code=(\d+))? (.*)/)
+            else { return nil }
             (time, peer, number, direction, sequence, type, text) =
-                (String(m.1), String(m.2), Int(m.3)!, String(m.4), UInt64(m.5)!, String(m.6), String(m.7))
+                (String(m.1), String(m.2), Int(m.3)!, String(m.4), UInt64(m.5)!, String(m.6), String(m.11))
+            (stream, identity, offset, code) = (m.7.map(String.init), m.8.map(String.init), m.9.map { UInt64($0)! }, m.10.map { Int($0)! })
         }
 
-        var body: String { "dir=\(direction) seq=\(sequence) type=\(type) \(text)" }
+        /// The row without time and peer; v2 fields other than the stream (random per run) included.
+        var body: String {
+            let fields = (identity.map { " identity=\($0)" } ?? "") + (offset.map { " offset=\($0)" } ?? "") + (code.map { " code=\($0)" } ?? "")
+            return "dir=\(direction) seq=\(sequence) type=\(type)\(fields) \(text)"
+        }
         var unnumbered: String { "\(time) \(peer) \(body)" }
     }
 
@@ -542,7 +563,11 @@ extension DecryptLogTests {
                     stream += file[(piece.segment.payloadOffset + have)..<(piece.segment.payloadOffset + piece.segment.payloadLength)]
                 }
             }
-            var position = 37 + 32  // ClientHello, ClientFinished
+            // ClientHello (v1: 37 bytes; v2: 55 + identity + X25519 key if offered), ClientFinished (32).
+            guard stream.count > 55 else { return nil }
+            let base = stream.startIndex
+            let hello = stream[base + 4] == 1 ? 37 : 55 + Int(stream[base + 54]) + (stream[base + 5] & 1 != 0 ? 32 : 0)
+            var position = hello + 32
             var sequence: UInt64 = 0
             while position + 5 <= stream.count {
                 let length = stream[position..<(position + 4)].reduce(0) { $0 << 8 | Int($1) }

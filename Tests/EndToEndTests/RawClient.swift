@@ -174,18 +174,20 @@ final class RawClient {
     /// Events the session reported that no `pump` consumed yet.
     private(set) var events: [Session.Event] = []
 
-    init(port: Int, key: PreSharedKey) throws {
+    /// A v2 client (empty identity unless given, a fresh random stream, PSK-only unless asked).
+    init(port: Int, key: PreSharedKey, identity: String = "", forwardSecrecy: ForwardSecrecy = .off) throws {
         socket = try RawSocket(port: port)
-        session = Session(role: .client, key: key)
+        session = Session(client: .init(key: key, identity: identity, forwardSecrecy: forwardSecrecy))
         self.key = key
         clientHello = session.takeOutbound()
     }
 
-    /// The session keys, derived as both peers do (a test holds the key): to forge frames that
-    /// authenticate but break another rule, e.g. bad padding under a valid tag.
+    /// The session keys of a PSK-only session, derived as both peers do (a test holds the key): to forge
+    /// frames that authenticate but break another rule, e.g. bad padding under a valid tag.
     var sessionKeys: SessionKeys {
-        precondition(serverHello.count == Wire.serverHelloLength, "after ServerHello")
-        let nonce = (Wire.magic.count + 1)..<(Wire.magic.count + 1 + Wire.nonceLength)
+        precondition(serverHello.count == Wire.serverHelloFixedLength, "after a PSK-only ServerHello")
+        // magic(4) version(1) flags(1) nonce(32), in both hellos.
+        let nonce = (Wire.magic.count + 2)..<(Wire.magic.count + 2 + Wire.nonceLength)
         return SessionKeys(preSharedKey: key, clientNonce: Array(clientHello[nonce]), serverNonce: Array(serverHello[nonce]))
     }
 
@@ -218,7 +220,7 @@ final class RawClient {
     /// even when the server's confirmation is wrong, like the real client). `mismatch` tells whether
     /// the client session found the server's confirmation wrong.
     func receiveServerHello(timeout: TimeInterval = 10) throws -> (clientFinished: [UInt8], mismatch: Bool) {
-        serverHello = try socket.readExactly(Wire.serverHelloLength, timeout: timeout)
+        serverHello = try readServerMessage(timeout: timeout)
         var mismatch = false
         do throws(ProtocolError) {
             events += try session.receive(serverHello)
@@ -227,6 +229,21 @@ final class RawClient {
             mismatch = true
         }
         return (session.takeOutbound(), mismatch)
+    }
+
+    /// The ServerHello (78 bytes, 110 with an X25519 key) or Refusal (8 + text) that the server sends first.
+    func readServerMessage(timeout: TimeInterval = 10) throws -> [UInt8] {
+        var message = try socket.readExactly(6, timeout: timeout)
+        switch message[5] {
+        case Wire.refusalFlags:
+            message += try socket.readExactly(2, timeout: timeout)
+            message += try socket.readExactly(Int(message[7]), timeout: timeout)
+        case Wire.flagForwardSecrecyChosen:
+            message += try socket.readExactly(Wire.serverHelloFixedLength + Wire.x25519KeyLength - 6, timeout: timeout)
+        default:
+            message += try socket.readExactly(Wire.serverHelloFixedLength - 6, timeout: timeout)
+        }
+        return message
     }
 
     /// The whole handshake: ClientHello, ServerHello, ClientFinished.
@@ -244,8 +261,8 @@ final class RawClient {
         return session.takeOutbound()
     }
 
-    func sealDisconnect(reason: String = "") -> [UInt8] {
-        session.disconnect(reason: reason)
+    func sealDisconnect(code: DisconnectCode = .normal, reason: String = "") -> [UInt8] {
+        session.disconnect(code: code, reason: reason)
         return session.takeOutbound()
     }
 

@@ -189,7 +189,7 @@ struct ReplTerminalTests {
         try? input.fileHandleForWriting.close()
         #expect(process.terminationStatus == 1)
         let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(stderr.hasPrefix("securemsg repl: server ended the session: server shutting down; 1 line acknowledged"))
+        #expect(stderr.hasPrefix("securemsg repl: server ended the session: server shutting down (code 1, shutting down); 1 line acknowledged"), "\(stderr)")
         #expect(stderr.split(separator: "\n").count == 1)
     }
 

@@ -74,7 +74,7 @@ private func batchedLines(_ input: [UInt8], chunkSizes: [Int], target: Int = 256
         var exact = LineBatcher()
         let line = [UInt8](repeating: 0x62, count: Wire.maximumLineLength) + [0x0A]
         let batches = try exact.feed(line)
-        #expect(batches.count == 1 && batches[0].bytes.count == Wire.maximumPlaintextLength)
+        #expect(batches.count == 1 && batches[0].bytes.count == Wire.maximumLinesLength)
     }
 
     @Test func countLinesCountsNewlines() {
