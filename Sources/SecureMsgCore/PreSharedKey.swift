@@ -1,8 +1,5 @@
-/// The 32-byte pre-shared key, and its one text encoding (docs/PROTOCOL.md, "Key file").
-///
-/// Key file: any number of lines starting with `#` (comments) or blank, and exactly one line of
-/// 64 hexadecimal digits (either case). Surrounding ASCII white space (space, tab, CR, VT, FF) is ignored. `keygen` writes a comment
-/// line and the hex line. SECUREMSG_KEY holds the 64 hex digits alone.
+/// The 32-byte pre-shared key. Its text encoding (key files, SECUREMSG_KEY: 64 hex digits, optionally
+/// after an identity) is `KeyText`/`KeyFile` (docs/PROTOCOL.md §3.1).
 public struct PreSharedKey: Sendable {
     public static let length = 32
     public let bytes: [UInt8]
