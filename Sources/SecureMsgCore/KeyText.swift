@@ -102,6 +102,13 @@ public enum KeyText {
         return out
     }
 
+    /// A value made safe as one ` key=value` field of a text row: `display`'s escapes, and spaces as
+    /// `\u{20}` so the field cannot run into the next one or the line.
+    public static func fieldValue(_ value: String) -> String {
+        guard value.utf8.contains(where: { $0 <= 0x20 || $0 == 0x5C || $0 >= 0x7F }) else { return value }
+        return display(value).replacing(" ", with: "\\u{20}")
+    }
+
     static func isWhiteSpace(_ byte: UInt8) -> Bool {
         byte == 0x20 || byte == 0x09 || byte == 0x0D || byte == 0x0B || byte == 0x0C
     }

@@ -11,7 +11,9 @@ public enum OutputFormat: String, Sendable, CaseIterable {
     case text, jsonl, raw
 }
 
-/// Context printed with each line; `extra` holds decrypt-log's fields (direction, sequence, kind).
+/// Context printed with each line; `extra` holds fields: decrypt-log's (direction, sequence, kind, stream,
+/// identity) and serve's identity. In `text` each is ` key=value` with the value escaped as one field
+/// (`KeyText.fieldValue`: no space, control, backslash or bidi character unescaped); in `jsonl` a string.
 public struct LineContext: Sendable {
     public var time: String
     public var peer: String
@@ -43,7 +45,7 @@ public struct MessageFormatter: Sendable {
             return
         case .text:
             prefix = Array("\(context.time) \(context.peer) #\(context.session)".utf8)
-            for (key, value) in context.extra { prefix += Array(" \(key)=\(value)".utf8) }
+            for (key, value) in context.extra { prefix += Array(" \(key)=\(KeyText.fieldValue(value))".utf8) }
             prefix.append(0x20)
         case .jsonl:
             var head = "{\"time\":\(jsonString(context.time)),\"peer\":\(jsonString(context.peer)),\"session\":\(context.session)"
@@ -110,7 +112,7 @@ extension MessageFormatter {
             appendEscapedText(note, to: &output)
         case .text:
             output.append(contentsOf: Array("\(context.time) \(context.peer) #\(context.session)".utf8))
-            for (key, value) in context.extra { output.append(contentsOf: Array(" \(key)=\(value)".utf8)) }
+            for (key, value) in context.extra { output.append(contentsOf: Array(" \(key)=\(KeyText.fieldValue(value))".utf8)) }
             output.append(0x20)
             appendEscapedText(note, to: &output)
         case .jsonl:

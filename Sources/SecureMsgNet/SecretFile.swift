@@ -14,7 +14,7 @@ import SecureMsgCore
 public enum SecretFile {
     public struct Failure: Error, CustomStringConvertible, Sendable {
         public let description: String
-        init(_ description: String) { self.description = description }
+        public init(_ description: String) { self.description = description }
     }
 
     public static let maximumKeyFileSize = 4096

@@ -104,6 +104,35 @@ public final class SecureServer: Sendable {
     /// SIGHUP: reopen the log file.
     public func reopenLog() { shared.writer.requestReopen() }
 
+    /// SIGHUP: reread the keyring (`--keyring`). On success every session re-checks its key: those of an
+    /// identity that is gone or has another key end with DISCONNECT "revoked" once their logged lines are
+    /// acknowledged. A keyring that cannot be read or parsed is reported in one stderr line and the one in
+    /// use is kept.
+    public func reloadKeyring() {
+        guard let path = shared.configuration.keyringPath else { return }
+        let keys = shared.configuration.keys
+        let loaded: (count: Int, revoked: Int)
+        do {
+            var bytes = try SecretFile.read(
+                path: path, what: "keyring", maximumSize: SecretFile.maximumKeyringSize,
+                groupBitsAllowed: shared.configuration.keyringIsCredential)
+            defer { secureZero(&bytes) }
+            let keyring: Keyring
+            do {
+                keyring = try Keyring(parsing: bytes)
+            } catch {
+                throw SecretFile.Failure("keyring \(path): \(error)")
+            }
+            loaded = (keyring.count, try keys.replaceKeyring(keyring))
+        } catch {
+            StandardError.line(
+                "securemsg serve: SIGHUP: \(error); keeping the keyring in use (\(keys.keyringCount ?? 0) identit\(keys.keyringCount == 1 ? "y" : "ies"))")
+            return
+        }
+        StandardError.line("securemsg serve: SIGHUP: keyring \(path) reloaded: \(loaded.count) identit\(loaded.count == 1 ? "y" : "ies"), \(loaded.revoked) revoked")
+        for channel in shared.registry.all { channel.pipeline.fireUserInboundEventTriggered(KeysChanged()) }
+    }
+
     /// Stops accepting, lets every session finish (ACK what is logged, DISCONNECT), flushes the log.
     public func shutdown() {
         if let channel = listener.withLockedValue({ $0 }) { try? channel.close().wait() }
@@ -119,7 +148,7 @@ public final class SecureServer: Sendable {
         try? group.syncShutdownGracefully()
     }
 
-    /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log.
+    /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log and reloads the keyring.
     public func runUntilSignalled() {
         let done = DispatchSemaphore(value: 0)
         let queue = DispatchQueue(label: "securemsg-signals")
@@ -130,6 +159,7 @@ public final class SecureServer: Sendable {
             source.setEventHandler { [self] in
                 if sig == SIGHUP {
                     reopenLog()
+                    reloadKeyring()
                 } else {
                     StandardError.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
                     done.signal()

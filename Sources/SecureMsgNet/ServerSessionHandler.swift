@@ -12,6 +12,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private let shared: ServerShared
     private let sessionID: UInt64
     private var peer = "?"
+    /// The hello's identity and the key it was accepted with (nil: unknown identity, or not yet answered).
+    private var identity = ""
+    private var acceptedKey: PreSharedKey?
+    /// Fields of every output row: `identity` when serve uses identities (keyring or named key file).
+    private var rowFields: [(key: String, value: String)] = []
     private var context: ChannelHandlerContext!
 
     private var linesReceived = 0
@@ -122,16 +127,22 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The key lookup: today one key, for the empty identity. Any other identity is answered as an unknown
-    /// one (the handshake fails as a key mismatch on both sides: no identity-enumeration oracle). The resume
-    /// offset is always 0 until serve keeps a durable stream table.
+    /// The key lookup, by identity (`ServerKeys`: the key file's, else the keyring's; a hash lookup). An
+    /// identity without a key is answered as an unknown one: the handshake fails as a key mismatch on both
+    /// sides, so no identity-enumeration oracle. The resume offset is always 0 until serve keeps a durable
+    /// stream table.
     private func answer(_ hello: ClientHelloInfo) {
         let forwardSecrecy = shared.configuration.forwardSecrecy
+        identity = hello.identity
+        acceptedKey = shared.configuration.keys.key(for: hello.identity)
+        if shared.configuration.keys.usesIdentities { rowFields = [("identity", hello.identity)] }
         do {
             // Bytes that followed the hello in the same read are processed by the answer.
-            let events = hello.identity.isEmpty
-                ? try session.accept(key: shared.configuration.key, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
-                : try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
+            let events = if let acceptedKey {
+                try session.accept(key: acceptedKey, resumeOffset: 0, forwardSecrecy: forwardSecrecy)
+            } else {
+                try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
+            }
             for event in events where !ended && !stopTakingFrames { handle(event) }
         } catch .forwardSecrecyRequired {
             flushOutbound()
@@ -164,7 +175,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         output.reserveCapacity(shared.configuration.format == .raw ? lines.count : lines.count + lineCount * 64)
         lines.withUnsafeBytes { bytes in
             shared.formatter.append(
-                lines: bytes, context: LineContext(time: shared.clock.now(), peer: peer, session: sessionID), to: &output)
+                lines: bytes, context: LineContext(time: shared.clock.now(), peer: peer, session: sessionID, extra: rowFields), to: &output)
         }
         unloggedBytes += lines.count
         framesAtWriter += 1
@@ -235,6 +246,23 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             end("closed: server shutting down", isError: false)
         default:
             end("closed: server shutting down", isError: false)
+        }
+    }
+
+    /// The keyring was reloaded (SIGHUP): a session whose identity is gone or has another key ends with
+    /// DISCONNECT code 4 "revoked" — after the ACK for every line already logged (as at shutdown, no
+    /// more input is read). A handshake in flight with a revoked key just fails.
+    private func checkKeyStillValid() {
+        guard !ended, let acceptedKey, !shared.configuration.keys.stillValid(identity: identity, key: acceptedKey) else { return }
+        switch session.state {
+        case .established, .disconnectReceived:
+            readSuppressed = true
+            disconnectPending = disconnectPending ?? (.revoked, "key revoked", false)
+            finishDisconnectIfReady()
+        case .awaitingFinished:
+            fail("key revoked during the handshake")
+        default:
+            break
         }
     }
 
@@ -333,6 +361,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             endOfStream()
         } else if event is ShutdownRequest {
             beginShutdown()
+        } else if event is KeysChanged {
+            checkKeyStillValid()
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -387,7 +417,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         heartbeatTimer?.cancel()
         if numbered {
             let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
-            shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
+            let named = identity.isEmpty ? "" : " identity=\(KeyText.fieldValue(identity))"
+            shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID)\(named): \(isError ? "error: " : "")\(what) (\(lines))")
         } else {
             shared.writer.submitDiagnostic("securemsg serve: \(peer): \(what)")
         }
@@ -417,6 +448,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
 /// Sent down each connection's pipeline when serve is asked to stop.
 struct ShutdownRequest {}
+
+/// Sent down each connection's pipeline after the keyring was reloaded.
+struct KeysChanged {}
 
 func formatPeer(_ address: SocketAddress?) -> String {
     guard let address else { return "?" }

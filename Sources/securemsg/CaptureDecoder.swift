@@ -37,6 +37,8 @@ final class CaptureDecoder {
         var incomplete = 0
         var framingErrors = 0
         var unreadable = 0
+        /// Per named identity of v2 sessions, in order of first appearance: connections decrypted, lines.
+        var identities: [(identity: String, connections: Int, lines: Int)] = []
 
         var failures: Int {
             authenticationFailures + keyMismatches + notSecuremsg + withoutHandshake + gaps + incomplete + framingErrors
@@ -64,6 +66,8 @@ final class CaptureDecoder {
         var lastSequence: [Direction: UInt64] = [:]
         /// Fields every row of a v2 session carries (stream, identity).
         var sessionFields: [(key: String, value: String)] = []
+        /// Index in `Counts.identities` of this session's named identity.
+        var identityIndex: Int?
 
         init(key: ConnectionKey, sawStart: Bool, observer: Observer) {
             self.key = key
@@ -73,7 +77,8 @@ final class CaptureDecoder {
         }
     }
 
-    private let preSharedKey: PreSharedKey
+    private let keys: (String) -> PreSharedKey?
+    private var identityIndex: [[UInt8]: Int] = [:]
     private let keyLog: KeyLog
     private let formatter: MessageFormatter
     private let output: OutputSink
@@ -81,8 +86,13 @@ final class CaptureDecoder {
     private(set) var counts = Counts()
     private var row: [UInt8] = []
 
-    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
-        preSharedKey = key
+    convenience init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
+        self.init(keys: { _ in key }, keyLog: keyLog, format: format, output: output)
+    }
+
+    /// `keys`: the key of an identity ("" for v1 and for the shared key), nil when unknown.
+    init(keys: @escaping (String) -> PreSharedKey?, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
+        self.keys = keys
         self.keyLog = keyLog
         formatter = MessageFormatter(format: format)
         self.output = output
@@ -94,7 +104,7 @@ final class CaptureDecoder {
         switch event {
         case let .opened(key, sawStart, _):
             counts.connections += 1
-            connections[key.instance] = Connection(key: key, sawStart: sawStart, observer: Observer(key: preSharedKey, keyLog: keyLog))
+            connections[key.instance] = Connection(key: key, sawStart: sawStart, observer: Observer(keys: keys, keyLog: keyLog))
         case let .data(key, direction, bytes, at):
             guard let connection = connections[key.instance] else { return }
             receive(connection, Direction(direction), bytes, at: at)
@@ -163,7 +173,10 @@ final class CaptureDecoder {
             if handshake.forwardSecrecy { counts.forwardSecret += 1 }
             if let stream = handshake.streamID {
                 connection.sessionFields = [("stream", stream.description)]
-                if !handshake.identity.isEmpty { connection.sessionFields.append(("identity", fieldValue(handshake.identity))) }
+                if !handshake.identity.isEmpty {
+                    connection.sessionFields.append(("identity", handshake.identity))  // the formatter escapes it
+                    connection.identityIndex = countIdentity(handshake.identity)
+                }
             }
         case let .refused(code, text):
             counts.refusals += 1
@@ -197,6 +210,7 @@ final class CaptureDecoder {
                 var lineCount = lines.count { $0 == 0x0A }
                 if let last = lines.last, last != 0x0A { lineCount += 1 }
                 counts.lines += lineCount
+                if let index = connection.identityIndex { counts.identities[index].lines += lineCount }
                 lines.withUnsafeBytes { formatter.append(lines: $0, context: context, to: &row) }
                 if formatter.format == .raw, let last = lines.last, last != 0x0A { row.append(0x0A) }
             case .ack, .disconnect, .ping, .pong:
@@ -297,6 +311,17 @@ final class CaptureDecoder {
         }
     }
 
+    private func countIdentity(_ identity: String) -> Int {
+        let name = Array(identity.utf8)  // identities are byte strings
+        if let index = identityIndex[name] {
+            counts.identities[index].connections += 1
+            return index
+        }
+        identityIndex[name] = counts.identities.count
+        counts.identities.append((identity, 1, 0))
+        return counts.identities.count - 1
+    }
+
     private func after(_ connection: Connection, _ direction: Direction) -> String {
         connection.lastSequence[direction].map { "after seq=\($0)" } ?? "before its first frame"
     }
@@ -309,7 +334,7 @@ final class CaptureDecoder {
 
 /// A value from the wire made safe for a `key=value` field: escaped, spaces included.
 private func fieldValue(_ text: String) -> String {
-    PeerText.escaped(Array(text.utf8), limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
+    KeyText.fieldValue(text)
 }
 
 extension Direction {

@@ -11,12 +11,17 @@ struct Serve: ParsableCommand {
         abstract: "Receive encrypted lines: print them, append them to a log, acknowledge them.",
         discussion: """
             Prints `listening on HOST:PORT` to stderr once bound. SIGINT/SIGTERM: stop accepting, \
-            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file.
+            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file and reload \
+            the keyring (sessions of a removed or re-keyed identity end with DISCONNECT "revoked"). Keys: \
+            --key-file (one key, normally shared, empty identity) and/or --keyring (one key per identity); \
+            under systemd, $CREDENTIALS_DIRECTORY/securemsg.key and securemsg.keyring are the defaults.
             """)
 
     @Option(help: "Address to listen on (IPv4 or IPv6).") var host = "127.0.0.1"
     @Option(help: "Port (0 picks a free one).") var port = 5050
     @OptionGroup var key: KeyOptions
+    @Option(help: ArgumentHelp("Keyring: one key per client identity (`securemsg keyring add`); reloaded on SIGHUP.", valueName: "path"))
+    var keyring: String?
     @Option(help: ArgumentHelp("Log file, appended to.", valueName: "path")) var log = "server_logs.txt"
     @Flag(help: "Do not write a log file (stdout only).") var noLog = false
     @Option(help: "Output format for stdout and the log: text, jsonl or raw.") var format: OutputFormat = .text
@@ -51,9 +56,39 @@ struct Serve: ParsableCommand {
         }
     }
 
+    /// --keyring, else systemd's credential `securemsg.keyring`.
+    private var keyringSource: (path: String, credential: Bool)? {
+        if let keyring { return (keyring, false) }
+        return KeyOptions.credentialPath(KeyOptions.credentialKeyringName).map { ($0, true) }
+    }
+
+    /// The key file's key (explicit, or the default one, created if missing, when there is no keyring)
+    /// and the keyring's.
+    private func loadKeys() throws -> ServerKeys {
+        var ring: Keyring?
+        if let source = keyringSource {
+            do {
+                var bytes = try SecretFile.read(
+                    path: source.path, what: "keyring", maximumSize: SecretFile.maximumKeyringSize, groupBitsAllowed: source.credential)
+                defer { secureZero(&bytes) }
+                ring = try KeyringCommand.parse(bytes, path: source.path)
+            } catch let failure as SecretFile.Failure {
+                throw CommandFailure(message: failure.description, exitCode: 2)
+            }
+        }
+        let keyFile = try ring == nil ? key.loadKeyFile(createIfMissing: true) : key.explicitKey()
+        do {
+            return try ServerKeys(keyFile: keyFile, keyring: ring)
+        } catch {
+            throw CommandFailure(message: error.description, exitCode: 2)
+        }
+    }
+
     func run() throws {
         try Self.run("serve") {
-            var configuration = ServerConfiguration(key: try key.load(createIfMissing: true))
+            var configuration = ServerConfiguration(keys: try loadKeys())
+            configuration.keyringPath = keyringSource?.path
+            configuration.keyringIsCredential = keyringSource?.credential ?? false
             configuration.host = host
             configuration.port = port
             configuration.logPath = noLog ? nil : log
