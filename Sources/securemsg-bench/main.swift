@@ -7,7 +7,7 @@ import SecureMsgCore
 //
 //   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
-//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
+//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   (KEYFILE may name an identity) connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
 
 let arguments = CommandLine.arguments
@@ -72,7 +72,7 @@ do {
         emit(#"{"p50_us":\#(percentile(latencies, 0.5) * 1e6),"p99_us":\#(percentile(latencies, 0.99) * 1e6),"msgs_per_s":\#(Double(count) / elapsed)}"#)
 
     case "handshakes":
-        let key = try loadKey(arguments[2])
+        let keyFile = try loadKeyFile(arguments[2])  // a client key file sends its identity (keyring bench)
         let (port, seconds, concurrency) = (Int(arguments[3])!, Double(arguments[4])!, Int(arguments[5])!)
         let forwardSecrecy = arguments.count > 6 && arguments[6] == "fs"
         let line = Array("handshake\n".utf8)
@@ -86,7 +86,7 @@ do {
         DispatchQueue.concurrentPerform(iterations: concurrency) { i in
             while now() < deadline {
                 do {
-                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key, forwardSecrecy: forwardSecrecy)
+                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: keyFile.key, identity: keyFile.identity, forwardSecrecy: forwardSecrecy)
                     try client.sendLineAndDisconnect(line)
                     c[i] += 1
                 } catch {

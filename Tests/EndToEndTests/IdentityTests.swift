@@ -69,6 +69,14 @@ import Testing
         #expect(keyless.stderr.contains(#"no key for identity bob\u{20}laptop"#), "\(keyless.stderr)")
     }
 
+    @Test func replSendsTheIdentityOfItsKeyFile() throws {
+        let keys = try Keys()
+        let server = try ServerProcess(directory: keys.directory, keyPath: keys.alice, arguments: ["--keyring", keys.ring], useKeyFile: false)
+        let repl = try Harness.run(["repl", "--port", "\(server.port)", "--key-file", keys.bob], stdin: Data("typed by bob\n".utf8))
+        #expect(repl.status == 0, "\(repl.stderr)")
+        #expect(String(decoding: server.log, as: UTF8.self).hasSuffix(#" identity=bob\u{20}laptop typed by bob"# + "\n"))
+    }
+
     @Test func keyringRemoveAndSighupRevokesOpenSessionAfterAcknowledgingItsLoggedLines() throws {
         let keys = try Keys()
         let server = try ServerProcess(directory: keys.directory, keyPath: keys.alice, arguments: ["--keyring", keys.ring], useKeyFile: false)

@@ -46,6 +46,19 @@ func runWithStandardOutput(file: String, _ arguments: [String]) throws -> (statu
         #expect(Date().timeIntervalSince(started) < 25)  // not a hang cut by the timeout
     }
 
+    @Test func keyLogThatIsAFIFOIsRefusedAtOnceByServeAndDecryptLog() throws {
+        let directory = Harness.temporaryDirectory()
+        let fifo = directory.appendingPathComponent("keys.log").path
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let key = try Harness.makeKey(in: directory)
+        let started = Date()
+        let serve = try Harness.run(["serve", "--port", "0", "--key-file", key, "--forward-secrecy", "--key-log", fifo], timeout: 30)
+        #expect(serve.status == 1 && serve.stderr.contains("key log \(fifo)"), "\(serve.stderr)")
+        let decrypt = try Harness.run(["decrypt-log", "--key-file", key, "--key-log", fifo, DecryptLogTests.fixture("fs-v2.pcap")], timeout: 30)
+        expectRefused(decrypt, "is a FIFO, not a regular file")
+        #expect(Date().timeIntervalSince(started) < 25)
+    }
+
     @Test(.enabled(if: geteuid() == 0, "only root can give a file to another user"))
     func keyFileOrKeyringNotOwnedByTheUserOrRootIsRefused() throws {
         let directory = Harness.temporaryDirectory()
