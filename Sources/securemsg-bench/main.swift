@@ -114,23 +114,35 @@ do {
 
     case "handshake-cpu":
         // Both ends of a v2 handshake in one process, no sockets: the protocol's own CPU cost.
-        //   handshake-cpu [COUNT] [psk|fs]   (fs: the client offers X25519 and the server chooses it)
+        //   handshake-cpu [COUNT] [psk|fs|keyring]   (fs: the client offers X25519 and the server chooses it;
+        //   keyring: PSK-only, the server looks the client's identity up in a 10,000-entry keyring, as serve does)
         let key = PreSharedKey(bytes: Array(repeating: 7, count: 32))
         let count = arguments.count > 2 ? Int(arguments[2]) ?? 10_000 : 10_000
-        let fs = arguments.count > 3 && arguments[3] == "fs"
+        let mode = arguments.count > 3 ? arguments[3] : "psk"
+        let fs = mode == "fs"
+        var ring: Keyring?
+        var identity = ""
+        if mode == "keyring" {
+            var text = ""
+            for i in 0..<10_000 { text += "client\(i) \(Hex.encode(i == 5_000 ? key.bytes : SystemRandom().bytes(32)))\n" }
+            ring = try Keyring(parsing: Array(text.utf8))
+            identity = "client5000"
+        }
         let stream = StreamID.random()
         let started = now()
         for _ in 0..<count {
-            let client = Session(client: .init(key: key, streamID: stream, forwardSecrecy: fs ? .offered : .off))
+            let client = Session(client: .init(key: key, identity: identity, streamID: stream, forwardSecrecy: fs ? .offered : .off))
             let server = Session(server: .init())
-            _ = try server.receive(client.takeOutbound())
-            try server.accept(key: key, resumeOffset: 0, forwardSecrecy: fs)
+            let hello = try server.receive(client.takeOutbound())
+            var serverKey = key
+            if let ring, case .helloReceived(let info)? = hello.first { serverKey = ring.key(for: info.identity)! }
+            try server.accept(key: serverKey, resumeOffset: 0, forwardSecrecy: fs)
             _ = try client.receive(server.takeOutbound())
             _ = try server.receive(client.takeOutbound())
             precondition(server.state == .established && client.state == .established)
         }
         let elapsed = now() - started
-        emit(#"{"mode":"\#(fs ? "fs" : "psk")","handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
+        emit(#"{"mode":"\#(mode)","handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
 
     default:
         FileHandle.standardError.write(Data("unknown mode \(arguments[1])\n".utf8))

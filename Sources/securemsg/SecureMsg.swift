@@ -9,7 +9,8 @@ struct SecureMsg: ParsableCommand {
         abstract: "Carry lines of text over TCP, each line encrypted and authenticated.",
         discussion: """
             Keys: --key-file PATH, else SECUREMSG_KEY (64 hex digits), else \
-            ${XDG_CONFIG_HOME:-~/.config}/securemsg/key (serve creates it on first use). \
+            $CREDENTIALS_DIRECTORY/securemsg.key (systemd), else ${XDG_CONFIG_HOME:-~/.config}/securemsg/key \
+            (serve creates it on first use). Many clients, one key each: `securemsg keyring`. \
             Exit status: 0 success, 1 failure (connection, key mismatch, unacknowledged lines), 2 bad input.
             """,
         subcommands: [Serve.self, Send.self, Repl.self, DecryptLog.self, Keygen.self, KeyringCommand.self, Fingerprint.self]
