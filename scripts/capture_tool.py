@@ -17,9 +17,20 @@ import struct
 import sys
 import time
 
-CLIENT_HANDSHAKE = [37, 32]  # ClientHello, ClientFinished
-SERVER_HANDSHAKE = [69]  # ServerHello
-FRAME_TYPES = {1: "DATA", 2: "ACK", 3: "DISCONNECT"}
+FRAME_TYPES = {1: "DATA", 2: "ACK", 3: "DISCONNECT", 4: "PING", 5: "PONG"}
+
+
+def handshake_lengths(data, to_server):
+    """The handshake units' lengths at the start of one direction: v1 hellos are fixed (37 + 32 / 69);
+    v2 hellos depend on the identity, the X25519 key (flags bit 0) and a Refusal's text (docs/PROTOCOL.md)."""
+    if len(data) < 6 or data[4] == 1:
+        return [37, 32] if to_server else [69]
+    flags = data[5]
+    if to_server:
+        return [55 + data[54] + (32 if flags & 1 else 0), 32] if len(data) > 54 else []
+    if flags == 0xFF:
+        return [8 + data[7]] if len(data) > 7 else []
+    return [78 + (32 if flags & 1 else 0)]
 
 
 # ---------------------------------------------------------------- pcap / pcapng
@@ -192,7 +203,7 @@ class Stream:
         self.data = bytes(data)
         self.units = []  # (kind, start, length, sequence or None)
         position = 0
-        for length in (CLIENT_HANDSHAKE if to_server else SERVER_HANDSHAKE):
+        for length in handshake_lengths(self.data, to_server):
             self.units.append(("HANDSHAKE", position, length, None))
             position += length
         sequence = 0

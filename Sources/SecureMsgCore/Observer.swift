@@ -66,9 +66,17 @@ public final class Observer {
 
     /// Feeds bytes of one direction in stream order. Throws when that connection cannot be read further:
     /// bad magic or version, key mismatch, a malformed hello, or lost framing (an impossible length).
+    /// The events of units before the failing one are lost with the throw; use `receive(_:_:into:)` to keep them.
     public func receive(_ direction: Direction, _ bytes: UnsafeRawBufferPointer) throws(ProtocolError) -> [Event] {
         var events: [Event] = []
-        guard stages[direction] != .dead else { return events }
+        try receive(direction, bytes, into: &events)
+        return events
+    }
+
+    /// Like `receive(_:_:)`, but appends each event to `events` as it happens, so that when a unit fails the
+    /// events of the units before it (authentic frames a reader should still show) are kept.
+    public func receive(_ direction: Direction, _ bytes: UnsafeRawBufferPointer, into events: inout [Event]) throws(ProtocolError) {
+        guard stages[direction] != .dead else { return }
         // Moved out of the dictionary while it is fed: a copy left there would share the buffer of the
         // partial frame, and every append would copy it whole (quadratic in a frame's TCP segments).
         var assembler = assemblers.removeValue(forKey: direction)!
@@ -95,7 +103,6 @@ public final class Observer {
                 throw error
             }
         }
-        return events
     }
 
     public func receive(_ direction: Direction, _ bytes: [UInt8]) throws(ProtocolError) -> [Event] {

@@ -160,7 +160,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
         guard delivery.lineCount > 0 else { return }  // only duplicates: nothing new to log or acknowledge
         let lines = delivery.lines
-        let (lineCount, longest) = lines.withUnsafeBytes(lineStatistics)
+        let lineCount = delivery.lineCount
+        // At the protocol's own limit no line can be longer (a frame holds at most 1 MiB of lines): the
+        // extra pass over the lines is paid only when --max-line-bytes lowers it.
+        let longest = shared.configuration.maxLineLength < Wire.maximumLineLength ? lines.withUnsafeBytes(lineStatistics).longest : 0
         guard longest <= shared.configuration.maxLineLength else {
             // Every good frame before this one is acknowledged first, then DISCONNECT "line too long".
             let reason = "line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))"

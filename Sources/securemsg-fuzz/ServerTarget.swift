@@ -261,7 +261,9 @@ final class ServerHarness {
         written.append(output)
         let frames = written.allFrames()
         require(first + frames.reduce(0) { $0 + $1.count } == output.count, "a server wrote a partial frame")
-        require(frames.isEmpty || handshakeDone, "a server sent frames before the handshake completed")
+        // (A PONG may answer an authentic PING read in the same call as a later failing unit: then the
+        // session was established though the failing call reported no events.)
+        require(frames.isEmpty || session.handshake != nil, "a server sent frames before the handshake completed")
         var lastAck = answer!.resume
         for (index, frame) in frames.enumerated() {
             guard let opened = Reference.open(frame, sequence: UInt64(index), encryptionKey: reference.encryptionKey(.serverToClient),

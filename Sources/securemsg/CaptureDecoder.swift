@@ -59,10 +59,6 @@ final class CaptureDecoder {
         var sawData = false
         var lost: Set<Direction> = []  // directions given up (gap, lost framing)
         var closed: Set<Direction> = []
-        var splitters: [Direction: UnitSplitter] = [
-            .clientToServer: UnitSplitter(handshakeUnits: [.clientHello, .clientFinished]),
-            .serverToClient: UnitSplitter(handshakeUnits: [.serverHello]),
-        ]
         var lastSequence: [Direction: UInt64] = [:]
         /// Fields every row of a v2 session carries (stream, identity).
         var sessionFields: [(key: String, value: String)] = []
@@ -140,22 +136,19 @@ final class CaptureDecoder {
     private func receive(_ connection: Connection, _ direction: Direction, _ bytes: [UInt8], at: CaptureTimestamp) {
         guard let observer = connection.observer, !connection.lost.contains(direction), !bytes.isEmpty else { return }
         connection.sawData = true
-        // Fed one protocol unit at a time: the observer returns a call's events only if the call does not
-        // throw, so a unit that breaks the stream must not take the good frames before it down with it.
-        let ends = connection.splitters[direction]!.unitEnds(in: bytes)
+        // Events are kept as they happen: a unit that breaks the stream must not take the good frames
+        // before it (in the same bytes) down with it.
+        var events: [Observer.Event] = []
+        var failure: ProtocolError?
         bytes.withUnsafeBytes { all in
-            var start = 0
-            for end in ends + [all.count] where end > start {
-                guard connection.observer != nil, !connection.lost.contains(direction) else { return }
-                do throws(ProtocolError) {
-                    let events = try observer.receive(direction, UnsafeRawBufferPointer(rebasing: all[start..<end]))
-                    for event in events { deliver(event, connection, at: at) }
-                } catch {
-                    fail(connection, direction, error, at: at)
-                }
-                start = end
+            do throws(ProtocolError) {
+                try observer.receive(direction, all, into: &events)
+            } catch {
+                failure = error
             }
         }
+        for event in events where connection.observer != nil { deliver(event, connection, at: at) }
+        if let failure, connection.observer != nil { fail(connection, direction, failure, at: at) }
         if !connection.handshakeCompleted, connection.observer != nil,
            observer.pendingBytes(.clientToServer) > Self.maximumHeldBytes
         {
@@ -340,92 +333,5 @@ private func fieldValue(_ text: String) -> String {
 extension Direction {
     init(_ direction: StreamDirection) {
         self = direction == .clientToServer ? .clientToServer : .serverToClient
-    }
-}
-
-/// Finds where protocol units (hellos, ClientFinished, frames) end in a direction's byte stream, so
-/// that the observer can be fed one unit at a time. It reads the same lengths the observer does (v1's
-/// fixed hellos, v2's variable ones: identity, X25519 key, refusal text); once a length cannot be read
-/// it stops cutting (the observer rejects that unit itself).
-struct UnitSplitter {
-    enum HandshakeUnit { case clientHello, clientFinished, serverHello }
-
-    private var handshakeUnits: [HandshakeUnit]
-    private var remaining = 0  // bytes left in the current unit; 0 at a unit boundary
-    private var header: [UInt8] = []  // the part of a hello or of a frame's length field seen so far
-    private var broken = false
-
-    init(handshakeUnits: [HandshakeUnit]) {
-        self.handshakeUnits = handshakeUnits
-    }
-
-    /// The offsets in `bytes` at which a unit ends (before `bytes.count`, or equal to it).
-    mutating func unitEnds(in bytes: [UInt8]) -> [Int] {
-        var ends: [Int] = []
-        var position = 0
-        while position < bytes.count && !broken {
-            if remaining > 0 {
-                let take = min(remaining, bytes.count - position)
-                remaining -= take
-                position += take
-                if remaining == 0 { ends.append(position) }
-            } else if let unit = handshakeUnits.first {
-                // Hellos: gather bytes until the length shows, then count the rest of the unit.
-                header.append(bytes[position])
-                position += 1
-                switch Self.length(of: unit, prefix: header) {
-                case .none:
-                    continue
-                case .some(nil):
-                    broken = true
-                case .some(let length?):
-                    handshakeUnits.removeFirst()
-                    remaining = length - header.count
-                    header.removeAll(keepingCapacity: true)
-                    if remaining == 0 { ends.append(position) }
-                }
-            } else {
-                let take = min(Wire.lengthFieldSize - header.count, bytes.count - position)
-                header.append(contentsOf: bytes[position..<(position + take)])
-                position += take
-                guard header.count == Wire.lengthFieldSize else { continue }
-                let length = header.reduce(0) { $0 << 8 | Int($1) }
-                header.removeAll(keepingCapacity: true)
-                do {
-                    try FrameOpener.validateLength(length)
-                    remaining = length
-                } catch {
-                    broken = true
-                }
-            }
-        }
-        return ends
-    }
-
-    /// The whole length of a handshake unit from its first bytes: nil = need more, .some(nil) = cannot
-    /// tell (not a hello of a known version). docs/PROTOCOL.md §4 and appendix A.
-    static func length(of unit: HandshakeUnit, prefix: [UInt8]) -> Int?? {
-        if unit == .clientFinished { return Wire.clientFinishedLength }
-        guard prefix.count > Wire.magic.count else { return nil as Int?? }
-        guard prefix.starts(with: Wire.magic) else { return .some(nil) }
-        let version = prefix[Wire.magic.count]
-        if version == Wire.V1.version { return unit == .clientHello ? Wire.V1.clientHelloLength : Wire.V1.serverHelloLength }
-        guard version == Wire.version else { return .some(nil) }
-        guard prefix.count > 5 else { return nil as Int?? }
-        let flags = prefix[5]
-        switch unit {
-        case .clientHello:
-            let identityLengthIndex = Wire.clientHelloFixedLength - 1
-            guard prefix.count > identityLengthIndex else { return nil as Int?? }
-            return Wire.clientHelloFixedLength + Int(prefix[identityLengthIndex])
-                + (flags & Wire.flagForwardSecrecyOffered != 0 ? Wire.x25519KeyLength : 0)
-        case .serverHello where flags == Wire.refusalFlags:
-            guard prefix.count >= Wire.refusalHeaderLength else { return nil as Int?? }
-            return Wire.refusalHeaderLength + Int(prefix[Wire.refusalHeaderLength - 1])
-        case .serverHello:
-            return Wire.serverHelloFixedLength + (flags & Wire.flagForwardSecrecyChosen != 0 ? Wire.x25519KeyLength : 0)
-        case .clientFinished:
-            return Wire.clientFinishedLength
-        }
     }
 }

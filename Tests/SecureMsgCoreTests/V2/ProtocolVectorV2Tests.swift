@@ -162,3 +162,22 @@ import Testing
         #expect(!"\(KeyLog.ParseError(line: 2))".contains("SECUREMSG_V2_FS 00"))
     }
 }
+
+@Suite struct ObserverEventsBeforeAFailureTests {
+    @Test func receiveIntoKeepsTheFramesBeforeLostFraming() throws {
+        let vector = try ProtocolFixturesV2.load("transcript.txt")
+        let c2s = vector.records.filter { $0.direction == .clientToServer }.map(\.bytes)
+        let s2c = vector.records.filter { $0.direction == .serverToClient }.map(\.bytes)
+        let observer = Observer(key: PreSharedKey(bytes: vector.key))
+        _ = try observer.receive(.clientToServer, c2s[0])
+        _ = try observer.receive(.serverToClient, s2c[0])
+        // ClientFinished, DATA 0 and an impossible length field, in one read.
+        var events: [Observer.Event] = []
+        let bytes = c2s[1] + c2s[2] + [0x7F, 0xFF, 0xFF, 0xFF]
+        #expect(throws: ProtocolError.frameTooLarge(0x7FFF_FFFF)) {
+            try bytes.withUnsafeBytes { try observer.receive(.clientToServer, $0, into: &events) }
+        }
+        #expect(events.count == 2, "\(events)")
+        #expect(events.last == .frame(.clientToServer, .data, sequence: 0, plaintext: [UInt8](repeating: 0, count: 8) + vector.data[0]))
+    }
+}

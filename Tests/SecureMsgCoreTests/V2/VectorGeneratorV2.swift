@@ -112,6 +112,8 @@ enum VectorCasesV2 {
 
     static func note(_ record: Record, index: Int, observer: Observer?) -> String {
         let b = record.bytes
+        // Every unit goes to the observer (handshake units too), so that it can open the frames.
+        let events = observer.flatMap { try? $0.receive(record.direction, b) } ?? []
         switch (record.direction, index) {
         case (.clientToServer, 0):
             guard b.count > 54, b[4] == 2 else { return "ClientHello" }
@@ -129,10 +131,8 @@ enum VectorCasesV2 {
             return "ClientFinished = client_confirm"
         default:
             var text = VectorCases.frameNote(b)
-            if let observer, let events = try? observer.receive(record.direction, b) {
-                for case .frame(_, let type, let sequence, let plaintext) in events {
-                    text = "\(record.direction) \(type) seq \(sequence), iv \(Hex.encode(b[5..<21])), plaintext \(plaintextNote(type, plaintext))"
-                }
+            for case .frame(_, let type, let sequence, let plaintext) in events {
+                text = "\(record.direction) \(type) seq \(sequence), iv \(Hex.encode(b[5..<21])), plaintext \(plaintextNote(type, plaintext))"
             }
             return text
         }
