@@ -49,6 +49,8 @@ struct UnitAssembler {
 
     var hasPartialUnit: Bool { !pending.isEmpty }
     var pendingCount: Int { pending.count }
+    /// Memory held for a partial unit (its buffer's capacity, which grows past the unit's bytes), 0 when none.
+    var pendingMemory: Int { pending.isEmpty ? 0 : pending.capacity }
 
     /// Calls `unitLength` with the bytes of the unit so far; it returns the unit's total length once it
     /// can tell (or nil to ask for more), and may throw to reject a prefix. Calls `process` with each whole

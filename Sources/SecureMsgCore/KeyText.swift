@@ -88,24 +88,18 @@ public enum KeyText {
         return true
     }
 
-    /// The identity made safe to print on one line: `\`, controls and bidi/format characters escaped.
+    /// The identity made safe to print on one line: the one escaped set of every output (`Escaping`:
+    /// controls, bidi and invisible characters, `\`).
     public static func display(_ identity: String) -> String {
-        var out = ""
-        for scalar in identity.unicodeScalars {
-            switch scalar.value {
-            case 0x5C: out += "\\\\"
-            case 0x00..<0x20, 0x7F..<0xA0, 0x200B...0x200F, 0x2028...0x202E, 0x2060...0x206F, 0xFEFF:
-                out += "\\u{\(String(scalar.value, radix: 16))}"
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
+        var out: [UInt8] = []
+        Array(identity.utf8).withUnsafeBytes { Escaping.appendText($0, to: &out) }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// A value made safe as one ` key=value` field of a text row: `display`'s escapes, and spaces as
     /// `\u{20}` so the field cannot run into the next one or the line.
     public static func fieldValue(_ value: String) -> String {
-        guard value.utf8.contains(where: { $0 <= 0x20 || $0 == 0x5C || $0 >= 0x7F }) else { return value }
+        guard value.utf8.contains(where: { $0 <= 0x20 || $0 == 0x5C || $0 >= 0x7F }) else { return value }  // common case
         return display(value).replacing(" ", with: "\\u{20}")
     }
 

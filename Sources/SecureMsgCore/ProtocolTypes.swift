@@ -133,7 +133,7 @@ public struct DataDelivery: Sendable, Equatable {
 
 /// Text from the peer made safe to print on one line: control characters, backslash and invalid UTF-8
 /// become escapes, and the text is cut at `limit` UTF-8 bytes of input (docs/PROTOCOL.md §10).
-public enum PeerText {
+extension PeerText {
     public static func escaped(_ bytes: some Collection<UInt8>, limit: Int) -> String {
         let cut = Array(bytes.prefix(limit))
         var out = ""

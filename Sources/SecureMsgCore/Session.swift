@@ -101,6 +101,10 @@ public final class Session {
     public internal(set) var acknowledgedLines = 0
     var outstandingPings: [[UInt8]] = []
 
+    /// Memory held for a partial handshake message or frame until the rest arrives (about one frame at
+    /// most; 0 between units): what a driver charges against its memory budget for this session's input.
+    public var bufferedInputBytes: Int { assembler.pendingMemory }
+
     // Server: what has arrived and what has been acknowledged.
     /// The next line offset the server does not hold (starts at the resume offset it announced).
     public internal(set) var expectedOffset: UInt64 = 0

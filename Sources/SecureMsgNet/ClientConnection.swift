@@ -10,10 +10,14 @@ public struct ClientOptions: Sendable {
     public var key: PreSharedKey
     /// The identity sent in the ClientHello (from a client key file of `keyring add`); "" = the shared key.
     public var identity = ""
-    /// TCP connect plus handshake.
+    /// TCP connect plus handshake, together.
     public var connectTimeout: TimeAmount = .seconds(10)
     /// Time without any ACK while lines are outstanding before giving up.
     public var acknowledgementTimeout: TimeAmount = .seconds(60)
+    /// Time for the server to answer our DISCONNECT once every line is acknowledged (while lines are
+    /// outstanding, `acknowledgementTimeout` applies): a server that acknowledges everything and never
+    /// answers must not hold the client forever.
+    public var disconnectTimeout: TimeAmount = .seconds(10)
     /// Unacknowledged plaintext bytes allowed in flight: keeps the pipe full while the server logs.
     /// An ACK waits for the server's fdatasync, which now and then takes tens of milliseconds; 16 MiB
     /// lets sealing go on meanwhile (8 MiB: 1000-byte lines 15–20% slower with `--sync batch`).
@@ -28,12 +32,15 @@ public struct ClientOptions: Sendable {
     public init(key: PreSharedKey) { self.key = key }
 }
 
-/// Why a client session ended badly. Descriptions are one line and never contain key material.
+/// Why a client session ended badly. Descriptions are one line, never contain key material, and show
+/// text the server chose (a DISCONNECT reason, a refusal) only escaped and cut (`PeerText.printable`), so they
+/// are safe to print on a terminal as they are.
 public enum ClientFailure: Error, Sendable, CustomStringConvertible {
     case connect(String)
     case timeout(String)
     case protocolError(ProtocolError)
-    /// The server sent DISCONNECT first: its code and (unescaped) reason.
+    /// The server sent DISCONNECT first: its code and its text as it arrived (never print it but through
+    /// `description`).
     case closedByServer(code: DisconnectCode, reason: String)
     case connectionLost
     case unacknowledged(Int)
@@ -42,11 +49,14 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
         switch self {
         case .connect(let what): what
         case .timeout(let what): what
+        case .protocolError(.refused(let code, let text)):
+            // Before the handshake: nothing the server says is authenticated, and the client says so.
+            "server refused (unauthenticated): \(PeerText.printable(text.utf8)) (code \(code.rawValue))"
         case .protocolError(let error): "\(error)"
         case .closedByServer(let code, let reason):
-            // The reason is the server's text: escaped, so it cannot drive a terminal or forge a line.
+            // The reason is the server's text: escaped and cut, so it cannot drive a terminal or forge a line.
             "server ended the session"
-                + (reason.isEmpty ? "" : ": " + PeerText.escaped(Array(reason.utf8), limit: Wire.maximumDisconnectReasonLength))
+                + (reason.isEmpty ? "" : ": " + PeerText.printable(reason.utf8))
                 + " (code \(code.rawValue), \(code))"
         case .connectionLost: "connection lost: the server went away"
         case .unacknowledged(let n): "server closed with \(n) line\(n == 1 ? "" : "s") unacknowledged"
@@ -90,6 +100,9 @@ public final class ClientConnection: @unchecked Sendable {
         let ownedGroup = group == nil ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
         self.ownedGroup = ownedGroup
         let loop = (group ?? ownedGroup!).next()
+        // One deadline for the TCP connect and the handshake: a server that accepts and then stalls
+        // (silent, or a ServerHello cut short) gets what is left of the connect timeout, not as much again.
+        let deadline = NIODeadline.now() + options.connectTimeout
         let created = NIOLockedValueBox<ClientSessionHandler?>(nil)
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(options.connectTimeout)
@@ -115,13 +128,14 @@ public final class ClientConnection: @unchecked Sendable {
         self.handler = handler
         try? attached.wait()
 
-        // Wait for the handshake (or its failure) within the connect timeout.
-        let deadline = Date(timeIntervalSinceNow: Double(options.connectTimeout.nanoseconds) / 1e9)
+        // Wait for the handshake (or its failure) until the connect deadline.
+        let handshakeDeadline = Date(timeIntervalSinceNow: Double(max(0, (deadline - .now()).nanoseconds)) / 1e9)
         condition.lock()
         while !handshakeDone && !terminated {
-            if !condition.wait(until: deadline) { break }
+            if !condition.wait(until: handshakeDeadline) { break }
         }
-        let result: ClientFailure? = handshakeDone ? nil : (failure ?? .timeout("no handshake from \(options.host):\(options.port) within the connect timeout"))
+        let result: ClientFailure? = handshakeDone ? nil : (failure ?? .timeout(
+            "no handshake from \(options.host):\(options.port) within the connect timeout (\(seconds(options.connectTimeout)) s)"))
         condition.unlock()
         if let result {
             channel.close(promise: nil)
@@ -150,7 +164,9 @@ public final class ClientConnection: @unchecked Sendable {
         handler.sendFromAnyThread(lines, lineCount: lineCount, channel: channel)
     }
 
-    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged.
+    /// Sends DISCONNECT and waits for the server's; succeeds only if every line was acknowledged. The
+    /// wait is bounded: by the acknowledgement timeout while lines are outstanding, then by the
+    /// disconnect timeout.
     public func finish() throws(ClientFailure) {
         let handler = self.handler!
         channel.eventLoop.execute { handler.disconnect() }
@@ -203,6 +219,9 @@ public final class ClientConnection: @unchecked Sendable {
     }
 }
 
+/// Whole seconds of a timeout, for messages.
+func seconds(_ amount: TimeAmount) -> Int64 { amount.nanoseconds / 1_000_000_000 }
+
 private func describeConnectError(_ error: Error) -> String {
     if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
     if error is ChannelError { return "\(error)" }
@@ -236,16 +255,19 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private var connection: ClientConnection?
     private var context: ChannelHandlerContext?
     private var wantDisconnect = false
+    /// When our DISCONNECT went out: the disconnect timeout runs from then (or from the last ACK).
+    private var disconnectSentAt: NIODeadline?
     private var watchdog: RepeatedTask?
-    private var heartbeat: Heartbeat?
-    private var heartbeatTimer: Scheduled<Void>?
+    private var heartbeat: HeartbeatTimer?
 
     private let acknowledgementTimeout: TimeAmount
+    private let disconnectTimeout: TimeAmount
     private let heartbeatConfiguration: Heartbeat.Configuration
 
     init(options: ClientOptions) {
         session = Session(client: .init(key: options.key, identity: options.identity, streamID: options.streamID, forwardSecrecy: options.forwardSecrecy))
         acknowledgementTimeout = options.acknowledgementTimeout
+        disconnectTimeout = options.disconnectTimeout
         heartbeatConfiguration = options.heartbeat
     }
 
@@ -285,7 +307,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        if heartbeat != nil { heartbeat!.received(now: NIODeadline.now().uptimeNanoseconds) }
+        heartbeat?.received()
         do {
             let events = try lock.withLock { try buffer.withUnsafeReadableBytes { try session.receive($0) } }
             for event in events { handle(event, context: context) }
@@ -372,12 +394,15 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             session.disconnect()
             return true
         }
-        if sent { flush(context) }
+        if sent {
+            disconnectSentAt = .now()
+            flush(context)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         watchdog?.cancel()
-        heartbeatTimer?.cancel()
+        heartbeat?.cancel()
         let ended: Result<Int, Error> = lock.withLock {
             Result {
                 try session.receiveEndOfStream()
@@ -399,54 +424,54 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
         fail(.connectionLost, context: context)
     }
 
+    /// Once a second, from the handshake on: every state in which the client waits on the server has a
+    /// bound. Lines outstanding: an ACK within the acknowledgement timeout. Everything acknowledged and
+    /// our DISCONNECT sent: the answer within the disconnect timeout. (Established with nothing
+    /// outstanding, the client waits on its own input, not on the server.)
     private func startWatchdog(_ context: ChannelHandlerContext) {
-        let timeout = acknowledgementTimeout
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         watchdog = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
             let handler = bound.value
-            let stalled = handler.lock.withLock {
-                handler.session.unacknowledgedLines > 0 && NIODeadline.now() - handler.lastProgress > timeout
-            }
-            guard stalled, let context = handler.context else { return }
-            handler.fail(.timeout("no acknowledgement from the server for \(timeout.nanoseconds / 1_000_000_000) s"), context: context)
+            guard let failure = handler.overdue(now: .now()), let context = handler.context else { return }
+            handler.fail(failure, context: context)
         }
     }
 
-    /// PING after the interval of silence, give up after the timeout (docs/PROTOCOL.md §8.4): how a client
+    /// What the client has waited on for too long, if anything (event loop only).
+    private func overdue(now: NIODeadline) -> ClientFailure? {
+        let (unacknowledged, lastProgress) = lock.withLock { (session.unacknowledgedLines, self.lastProgress) }
+        if unacknowledged > 0 {
+            guard now - lastProgress > acknowledgementTimeout else { return nil }
+            return .timeout("no acknowledgement from the server for \(seconds(acknowledgementTimeout)) s")
+        }
+        guard let disconnectSentAt, now - max(disconnectSentAt, lastProgress) > disconnectTimeout else { return nil }
+        return .timeout("the server did not answer DISCONNECT within \(seconds(disconnectTimeout)) s")
+    }
+
+    /// PING after the interval of silence, give up after the timeout (docs/PROTOCOL.md §6.6): how a client
     /// learns of a server that vanished without a FIN or RST (a blackholed network).
     private func startHeartbeat(_ context: ChannelHandlerContext) {
-        heartbeat = Heartbeat(heartbeatConfiguration, now: NIODeadline.now().uptimeNanoseconds)
-        armHeartbeatTimer(context)
-    }
-
-    private func armHeartbeatTimer(_ context: ChannelHandlerContext) {
-        guard let heartbeat else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        heartbeatTimer = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(heartbeat.nextCheck)) {
-            bound.value.heartbeatTimerFired()
-        }
-    }
-
-    private func heartbeatTimerFired() {
-        guard let context, heartbeat != nil else { return }
-        switch heartbeat!.check(now: NIODeadline.now().uptimeNanoseconds) {
-        case .none:
-            break
-        case .sendPing:
-            let sent: Bool = lock.withLock {
-                guard session.state == .established || session.state == .disconnectReceived else { return false }
-                session.sendPing()
-                return true
-            }
-            if sent { flush(context) }
-        case .timedOut:
-            let error = lock.withLock { session.heartbeatTimedOut() }
-            flush(context)
-            let seconds = Double(heartbeatConfiguration.timeoutNanoseconds) / 1e9
-            fail(.timeout("\(error) for \(seconds.formatted()) s: the server or the network is gone"), context: context)
-            return
-        }
-        armHeartbeatTimer(context)
+        heartbeat = HeartbeatTimer(
+            heartbeatConfiguration, on: context.eventLoop,
+            ping: {
+                let handler = bound.value
+                guard let context = handler.context else { return }
+                let sent: Bool = handler.lock.withLock {
+                    guard handler.session.state == .established || handler.session.state == .disconnectReceived else { return false }
+                    handler.session.sendPing()
+                    return true
+                }
+                if sent { handler.flush(context) }
+            },
+            timedOut: {
+                let handler = bound.value
+                guard let context = handler.context else { return }
+                let error = handler.lock.withLock { handler.session.heartbeatTimedOut() }
+                handler.flush(context)
+                let timeout = handler.heartbeat?.timeoutDescription ?? "?"
+                handler.fail(.timeout("\(error) for \(timeout) s: the server or the network is gone"), context: context)
+            })
     }
 
     /// Under `lock`: moves what the session queued (handshake messages, DISCONNECT) behind what is sealed.
@@ -473,7 +498,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private func finish(_ failure: ClientFailure?, context: ChannelHandlerContext) {
         watchdog?.cancel()
-        heartbeatTimer?.cancel()
+        heartbeat?.cancel()
         heartbeat = nil
         terminate(failure)
         context.close(promise: nil)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import SecureMsgCore
 import Synchronization
 
 /// When a logged line is durable enough to acknowledge (docs: README "serve").
@@ -28,9 +29,6 @@ public final class LogWriter: @unchecked Sendable {
 
     private let condition = NSCondition()
     private var queue: [Record] = []
-    /// Per-session stderr lines, written by this thread too: an event loop never blocks on a slow
-    /// stderr pipe, and a burst of short sessions costs one write instead of one per session.
-    private var diagnosticLines: [UInt8] = []
     /// Records submitted and not yet taken, readable without the lock so the writer can spin on it.
     private let queued = Atomic<Int>(0)
     /// The writer is asleep on `condition` (only then does `submit` pay for a wake-up).
@@ -42,31 +40,30 @@ public final class LogWriter: @unchecked Sendable {
     private var hasStopped = false
 
     private let logPath: String?
+    private let logOptions: LogFileOptions
     private let sync: SyncPolicy
-    private let echoToStdout: Bool
+    /// The stdout echo: its own thread and bounded queue, so a stalled reader never holds up the log.
+    private let echo: StdoutEcho?
+    /// Raw lines echoed to a terminal are escaped there (`MessageFormatter.escapedForTerminal`).
+    private let escapeEcho: Bool
     private var logFD: Int32 = -1
-    private var stdoutBroken = false
     private let diagnostics: @Sendable (String) -> Void
 
-    /// Opens the log (append, create 0600) at once so a bad path fails at startup, not at the first message.
-    public init(logPath: String?, sync: SyncPolicy, echoToStdout: Bool, diagnostics: @escaping @Sendable (String) -> Void) throws {
+    /// Opens the log (append, create with the log mode, no symlink unless allowed) at once so a bad
+    /// path fails at startup, not at the first message. `diagnostics` must not block (serve's queue).
+    public init(logPath: String?, logOptions: LogFileOptions = LogFileOptions(), sync: SyncPolicy, echoToStdout: Bool,
+                escapeEcho: Bool = false, diagnostics: @escaping @Sendable (String) -> Void) throws {
         self.logPath = logPath
+        self.logOptions = logOptions
         self.sync = sync
-        self.echoToStdout = echoToStdout
+        self.echo = echoToStdout ? StdoutEcho(diagnostics: diagnostics) : nil
+        self.escapeEcho = escapeEcho
         self.diagnostics = diagnostics
-        if let logPath { logFD = try Self.open(logPath) }
+        if let logPath { logFD = try openLogFile(logPath, options: logOptions) }
         let thread = Thread { [unowned self] in self.run() }
         thread.name = "securemsg-log-writer"
         self.thread = thread
         thread.start()
-    }
-
-    static func open(_ path: String) throws -> Int32 {
-        let fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            throw ServerError.logFile(path: path, reason: String(cString: strerror(errno)))
-        }
-        return fd
     }
 
     /// Queues formatted lines; `completion` runs on the writer thread once they are written.
@@ -78,14 +75,9 @@ public final class LogWriter: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Queues one line for stderr (in order with other diagnostics, soon, never on the caller's thread).
+    /// Queues one line for stderr (serve's bounded diagnostic queue: never blocks, drops when full).
     public func submitDiagnostic(_ line: String) {
-        condition.lock()
-        diagnosticLines.append(contentsOf: line.utf8)
-        diagnosticLines.append(0x0A)
-        queued.add(1, ordering: .releasing)
-        if writerAsleep { condition.signal() }
-        condition.unlock()
+        diagnostics(line)
     }
 
     /// SIGHUP: reopen the log path (after logrotate moved the old file away).
@@ -105,36 +97,31 @@ public final class LogWriter: @unchecked Sendable {
         stopped.lock()
         while !hasStopped { stopped.wait() }
         stopped.unlock()
+        echo?.close()
     }
 
     private func run() {
         var batch: [Record] = []
-        var diagnostics: [UInt8] = []
         while true {
             let idleSince = monotonicNanoseconds()
             spinForWork()
             condition.lock()
-            while queue.isEmpty && diagnosticLines.isEmpty && !reopenRequested && !stopping {
+            while queue.isEmpty && !reopenRequested && !stopping {
                 writerAsleep = true
                 condition.wait()
                 writerAsleep = false
             }
             queued.store(0, ordering: .relaxed)
             swap(&batch, &queue)
-            swap(&diagnostics, &diagnosticLines)
             spinNext = !batch.isEmpty && monotonicNanoseconds() - idleSince < Self.spinWhenGapBelowNanoseconds
             let reopen = reopenRequested
             reopenRequested = false
-            let stop = stopping && batch.isEmpty && diagnostics.isEmpty
+            let stop = stopping && batch.isEmpty
             condition.unlock()
 
             if reopen { reopenLog() }
             if !batch.isEmpty { write(batch) }
             batch.removeAll(keepingCapacity: true)
-            if !diagnostics.isEmpty {
-                _ = writeAll(STDERR_FILENO, diagnostics)
-                diagnostics.removeAll(keepingCapacity: true)
-            }
             if stop { break }
         }
         if logFD >= 0 {
@@ -181,12 +168,10 @@ public final class LogWriter: @unchecked Sendable {
     }
 
     private func writeOut(batch: [Record]) -> Bool {
-        if echoToStdout && !stdoutBroken {
-            if !writeAll(STDOUT_FILENO, batch.lazy.map(\.bytes)) {
-                // A closed stdout (e.g. `serve | head`) must not stop logging: the log file is the record.
-                stdoutBroken = true
-                diagnostics("stdout: \(String(cString: strerror(errno))); messages continue to the log file only")
-            }
+        if escapeEcho {
+            echo?.enqueue(batch.lazy.map { MessageFormatter.escapedForTerminal(rawLines: $0.bytes) })
+        } else {
+            echo?.enqueue(batch.lazy.map(\.bytes))
         }
         guard logFD >= 0 else { return true }
         if writeAll(logFD, batch.lazy.map(\.bytes)) { return true }
@@ -204,7 +189,7 @@ public final class LogWriter: @unchecked Sendable {
     private func reopenLog() {
         guard let logPath else { return }
         do {
-            let fd = try Self.open(logPath)
+            let fd = try openLogFile(logPath, options: logOptions)
             if logFD >= 0 {
                 _ = fdatasync(logFD)
                 Foundation.close(logFD)

@@ -11,13 +11,26 @@ final class ServerShared: Sendable {
     let formatter: MessageFormatter
     let registry = ConnectionRegistry()
     let clock = WallClock()
+    let diagnostics: DiagnosticQueue
+    /// Refusals and accept errors: one line per reason per second, with the count of those skipped.
+    let refusals: RateLimitedReporter
+    let sources: SourceLimiter
+    let budget: MemoryBudget
+    /// Formats the slices of frames with many lines (see ServerSessionHandler.formatPending), off the event loops.
+    let formatting = NIOThreadPool(numberOfThreads: 1)
+
     let keyLog: KeyLogFile?
 
-    init(configuration: ServerConfiguration, writer: LogWriter, keyLog: KeyLogFile?) {
+    init(configuration: ServerConfiguration, writer: LogWriter, diagnostics: DiagnosticQueue, keyLog: KeyLogFile?) {
+        self.keyLog = keyLog
         self.configuration = configuration
         self.writer = writer
         self.formatter = MessageFormatter(format: configuration.format)
-        self.keyLog = keyLog
+        self.diagnostics = diagnostics
+        self.refusals = RateLimitedReporter { [diagnostics] in diagnostics.line($0) }
+        self.sources = SourceLimiter(limit: configuration.maxUnauthenticatedPerSource)
+        self.budget = MemoryBudget(limit: configuration.maxBufferedBytes)
+        formatting.start()
     }
 }
 
@@ -57,36 +70,67 @@ public final class SecureServer: Sendable {
     private let listener = NIOLockedValueBox<Channel?>(nil)
 
     public init(configuration: ServerConfiguration) throws {
+        var configuration = configuration
+        let descriptors = DescriptorLimit.raise()
+        let connections = DescriptorLimit.connectionLimit(configured: configuration.maxConnections, soft: descriptors.soft)
+        if connections < configuration.maxConnections {
+            StandardError.line(
+                "securemsg serve: open files limit \(descriptors.soft)\(descriptors.raisedFrom.map { " (raised from \($0))" } ?? "")"
+                    + ": at most \(connections) connections (--max-connections \(configuration.maxConnections))")
+            configuration.maxConnections = connections
+        }
+        let diagnostics = DiagnosticQueue()
         let writer = try LogWriter(
-            logPath: configuration.logPath, sync: configuration.sync, echoToStdout: configuration.echoToStdout,
-            diagnostics: { StandardError.line("securemsg serve: \($0)") })
+            logPath: configuration.logPath, logOptions: configuration.logFile, sync: configuration.sync,
+            echoToStdout: configuration.echoToStdout, escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
+            diagnostics: { diagnostics.line($0.hasPrefix("securemsg serve: ") ? $0 : "securemsg serve: \($0)") })
         let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
-        shared = ServerShared(configuration: configuration, writer: writer, keyLog: keyLog)
+        shared = ServerShared(configuration: configuration, writer: writer, diagnostics: diagnostics, keyLog: keyLog)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
     }
+
+    /// The connection limit in force (`--max-connections`, lowered to what the descriptors allow).
+    public var maxConnections: Int { shared.configuration.maxConnections }
 
     /// Binds and starts accepting. Returns the bound address (the real port when asked for port 0).
     @discardableResult
     public func start() throws -> SocketAddress {
         let shared = self.shared
         let bootstrap = ServerBootstrap(group: group)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause { error in
+                        shared.refusals.report("accept", "securemsg serve: accept: \(error); pausing accepts for 100 ms")
+                    })
+                }
+            }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelOption(
+                .writeBufferWaterMark,
+                value: .init(low: shared.configuration.maxOutboundBytesPerConnection / 2, high: shared.configuration.maxOutboundBytesPerConnection))
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 1 << 20))
             .childChannelInitializer { channel in
+                // Refusals cost a lock and a counter; their stderr lines are rate-limited (see `refusals`).
+                let source = sourceAddress(channel.remoteAddress)
+                guard let slot = shared.sources.acquire(source) else {
+                    shared.refusals.report(
+                        "per-source",
+                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: \(shared.configuration.maxUnauthenticatedPerSource) connections from \(source) not yet authenticated (--max-unauthenticated-per-source)")
+                    return refuse(channel, .rateLimited, "rate limited: too many connections from your address")
+                }
                 guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
-                    // Refused at once with a v2 Refusal (code 2), then a lingering close.
-                    let refusal = (RefusalCode.tooManyConnections, "too many connections",
-                                   "refused: connection limit (\(shared.configuration.maxConnections)) reached")
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: 0, refusal: refusal))
-                    }
+                    shared.refusals.report(
+                        "connection limit",
+                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
+                    // The source slot is held until the refused connection is gone.
+                    return refuse(channel, .tooManyConnections, "too many connections") { slot.release() }
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id))
+                    try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id, sourceSlot: slot))
                 }
             }
         let channel: Channel
@@ -146,6 +190,9 @@ public final class SecureServer: Sendable {
         while shared.registry.count > 0 && NIODeadline.now() < closeDeadline { usleep(10_000) }
         shared.writer.close()
         try? group.syncShutdownGracefully()
+        try? shared.formatting.syncShutdownGracefully()
+        shared.refusals.flush()
+        shared.diagnostics.close()
     }
 
     /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log and reloads the keyring.
@@ -161,7 +208,7 @@ public final class SecureServer: Sendable {
                     reopenLog()
                     reloadKeyring()
                 } else {
-                    StandardError.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
+                    shared.diagnostics.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
                     done.signal()
                 }
             }
@@ -171,5 +218,12 @@ public final class SecureServer: Sendable {
         done.wait()
         shutdown()
         withExtendedLifetime(sources) {}
+    }
+}
+
+/// Answers a connection with a v2 Refusal and closes it (RefusalHandler).
+private func refuse(_ channel: Channel, _ code: RefusalCode, _ text: String, onClose: @escaping () -> Void = {}) -> EventLoopFuture<Void> {
+    channel.eventLoop.makeCompletedFuture {
+        try channel.pipeline.syncOperations.addHandler(RefusalHandler(code: code, text: text, onClose: onClose))
     }
 }

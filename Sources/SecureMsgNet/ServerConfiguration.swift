@@ -15,16 +15,37 @@ public struct ServerConfiguration: Sendable {
     public var format: OutputFormat = .text
     public var sync: SyncPolicy = .batch
     public var echoToStdout = true
+    /// stdout is a terminal: `raw` lines echoed there are escaped as in `text` (the log stays byte-exact).
+    public var stdoutIsTerminal = false
+    /// Mode and symlink policy of the log file.
+    public var logFile = LogFileOptions()
+    /// At most this many connections; serve lowers it to what its descriptor limit allows (RLIMIT_NOFILE
+    /// soft, raised to the hard limit at start, minus 64 kept for itself).
     public var maxConnections = 4096
+    /// Connections per source address that have not completed the handshake; more are refused.
+    public var maxUnauthenticatedPerSource = 64
     /// Longest line accepted (bytes, without its newline); a longer one ends the session unacknowledged.
     public var maxLineLength = Wire.maximumLineLength
-    public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// Time from accept to a completed handshake (a client needs one round trip).
+    public var handshakeTimeout: TimeAmount = .seconds(5)
     /// Time without a complete frame from an established client before it is disconnected.
     public var idleTimeout: TimeAmount = .seconds(3600)
     /// Time allowed for clients to finish when serve is told to stop.
     public var drainTimeout: TimeAmount = .seconds(5)
-    /// Unlogged bytes per connection above which serve stops reading from it (backpressure).
+    /// Bytes per connection, received but not yet logged (counted as formatted for the log, plus frames
+    /// still to be formatted), above which serve stops reading from it (backpressure).
     public var maxUnloggedBytesPerConnection = 4 << 20
+    /// Bytes queued for a client (ACKs it does not read) above which serve stops reading from it.
+    public var maxOutboundBytesPerConnection = 64 << 10
+    /// Time an ended session may take to deliver its last frames and linger before it is closed anyway
+    /// (a client that stops reading cannot hold its connection).
+    public var closeTimeout: TimeAmount = .seconds(5)
+    /// Lines per DATA frame; a frame with more ends the session, unacknowledged. `send` packs at most
+    /// 256 KiB per frame, so this admits any frame it sends, even of empty lines.
+    public var maxLinesPerFrame = 256 << 10
+    /// All bytes buffered for clients together (partial frames, frames being formatted, lines waiting
+    /// for the writer); over it, established connections stop reading until it is back under 7/8.
+    public var maxBufferedBytes = 512 << 20
     /// One event loop per two cores: the log writer thread and the kernel's copies each need a core's
     /// share under load. Measured on 2 cores (scripts/bench): 1 loop gives ~30% more handshakes/s than
     /// 2 and the same throughput with 100 concurrent senders.

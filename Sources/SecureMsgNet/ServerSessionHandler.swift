@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import SecureMsgCore
 
@@ -25,10 +26,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var readSuppressed = false
     /// Our DISCONNECT (code, reason), sent once the writer has caught up; `isError` picks the stderr wording.
     private var disconnectPending: (code: DisconnectCode, reason: String, isError: Bool)?
-    /// Set at connect when the connection limit is reached: the Refusal goes out at once (before any hello).
-    private let refusal: (code: RefusalCode, text: String, log: String)?
-    private var heartbeat: Heartbeat?
-    private var heartbeatTimer: Scheduled<Void>?
+    /// Set when a frame ends the session (a line over the limit): later frames of the same read are dropped.
+    private var stopTakingFrames = false
+    private var logWriteFailed = false
+    private var heartbeat: HeartbeatTimer?
     private var ended = false
     /// The client half-closed while some of its frames were still at the writer: end of stream is
     /// judged once they are logged and acknowledged (the ACKs can still reach a half-open socket).
@@ -38,12 +39,25 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// Set once our last frame and FIN are out: from then on input is read and dropped until the
     /// client's FIN or this timer, whichever comes first.
     private var lingerTimer: Scheduled<Void>?
+    /// Armed when the session ends and never cancelled by it: the connection closes by then even when
+    /// the client stops reading (our last write would never complete).
+    private var closeTimer: Scheduled<Void>?
     private var inputClosed = false
+    /// This connection's share of the per-source limit on unauthenticated connections, until the handshake.
+    private let sourceSlot: SourceSlot
+    private var authenticated = false
+    /// Frames received and not yet fully formatted (see `formatPending`); `pendingPlaintext` their bytes.
+    /// `durableUpTo`: the stream offset after the frame's last line, acknowledged once the frame is logged.
+    private var pendingFrames: [(durableUpTo: UInt64, lines: ArraySlice<UInt8>, offset: Int)] = []
+    private var pendingPlaintext = 0
+    /// What this connection holds against the server's memory budget.
+    private var charged = 0
+    private var waitingForBudget = false
 
-    init(shared: ServerShared, sessionID: UInt64, refusal: (code: RefusalCode, text: String, log: String)? = nil) {
+    init(shared: ServerShared, sessionID: UInt64, sourceSlot: SourceSlot) {
         self.shared = shared
         self.sessionID = sessionID
-        self.refusal = refusal
+        self.sourceSlot = sourceSlot
         self.session = Session(server: .init(keyLog: shared.keyLog != nil))
     }
 
@@ -55,22 +69,49 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// The context holds this handler and this handler held the context: without breaking that cycle
     /// every closed connection leaked its handler, session and buffers (found by LeakSanitizer).
     func handlerRemoved(context: ChannelHandlerContext) {
-        handshakeTimer?.cancel()
-        idleTimer?.cancel()
-        lingerTimer?.cancel()
-        heartbeatTimer?.cancel()
+        cancelTimers()
+        releaseResources()
         self.context = nil
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        if let refusal {
-            // Before any hello: a v2 client reads the reason; a v1 client reads "unsupported version 2".
-            session.refuse(code: refusal.code, text: refusal.text)
-            flushOutbound()
-            end(refusal.log, isError: false, numbered: false)
-            context.fireChannelActive()
-            return
+    /// Each timer is cancelled once and forgotten: NIO finds a task to cancel by a linear search of its
+    /// timer heap, so cancelling the same (already removed) timer again on every close path cost a scan
+    /// of every connection's timers — quadratic when thousands of idle connections close at once.
+    private func cancelTimers() {
+        handshakeTimer?.cancel()
+        handshakeTimer = nil
+        idleTimer?.cancel()
+        idleTimer = nil
+        lingerTimer?.cancel()
+        lingerTimer = nil
+        closeTimer?.cancel()
+        closeTimer = nil
+        heartbeat?.cancel()
+        heartbeat = nil
+    }
+
+    /// The source slot, the memory charged and any budget wait: given back when the connection goes.
+    private func releaseResources() {
+        sourceSlot.release()
+        pendingFrames.removeAll()
+        pendingPlaintext = 0
+        shared.budget.charge(-charged)
+        charged = 0
+        if waitingForBudget {
+            waitingForBudget = false
+            shared.budget.cancelWait(ObjectIdentifier(self))
         }
+    }
+
+    /// Charges the budget with what this connection holds now: the session's partial unit, frames
+    /// waiting to be formatted, and formatted lines at the writer.
+    private func updateCharge() {
+        let holding = ended ? 0 : session.bufferedInputBytes + pendingPlaintext + unloggedBytes
+        shared.budget.charge(holding - charged)
+        charged = holding
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: shared.configuration.handshakeTimeout) {
             bound.value.fail("handshake timeout")
@@ -81,7 +122,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !ended else { return }
         let buffer = unwrapInboundIn(data)
-        if heartbeat != nil { heartbeat!.received(now: NIODeadline.now().uptimeNanoseconds) }
+        heartbeat?.received()
         let events: [Session.Event]
         do {
             events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
@@ -92,11 +133,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
         // A frame can end the session (a line over the limit): the frames after it in this read are dropped.
         for event in events where !ended && !stopTakingFrames { handle(event) }
+        formatPending()
         flushOutbound()
+        updateCharge()
     }
-
-    /// Set when a frame ends the session (a line over the limit): later frames of the same read are dropped.
-    private var stopTakingFrames = false
 
     private func handle(_ event: Session.Event) {
         switch event {
@@ -105,6 +145,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         case .handshakeCompleted(let info):
             handshakeTimer?.cancel()
             handshakeTimer = nil
+            authenticated = true
+            sourceSlot.release()
             lastFrameAt = .now()
             armIdleTimer()
             startHeartbeat()
@@ -112,7 +154,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
                 shared.writer.submitDiagnostic("securemsg serve: key log \(keyLog.path): write failed: \(failure)")
             }
             if shared.configuration.verbose {
-                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.escaped(Array(info.identity.utf8), limit: Wire.maximumIdentityLength))\""
+                let identity = info.identity.isEmpty ? "" : " identity \"\(PeerText.printable(info.identity.utf8, limit: Wire.maximumIdentityLength))\""
                 shared.writer.submitDiagnostic(
                     "securemsg serve: \(peer) #\(sessionID): session started (stream \(info.streamID)\(identity)\(info.forwardSecrecy ? ", forward secrecy" : ""))")
             }
@@ -153,6 +195,14 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Ends the session after the ACKs of every good frame before this one: DISCONNECT with `code`.
+    private func refuseFrame(_ code: DisconnectCode, _ reason: String) {
+        stopTakingFrames = true
+        readSuppressed = true
+        disconnectPending = (code, reason, true)
+        finishDisconnectIfReady()
+    }
+
     private func submit(_ delivery: DataDelivery) {
         if let gap = delivery.gap {
             shared.writer.submitDiagnostic(
@@ -165,60 +215,164 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         // extra pass over the lines is paid only when --max-line-bytes lowers it.
         let longest = shared.configuration.maxLineLength < Wire.maximumLineLength ? lines.withUnsafeBytes(lineStatistics).longest : 0
         guard longest <= shared.configuration.maxLineLength else {
-            // Every good frame before this one is acknowledged first, then DISCONNECT "line too long".
-            let reason = "line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))"
-            stopTakingFrames = true
-            readSuppressed = true
-            disconnectPending = (.lineTooLong, reason, true)
-            finishDisconnectIfReady()
+            refuseFrame(.lineTooLong, "line of \(longest) bytes over the limit (--max-line-bytes \(shared.configuration.maxLineLength))")
+            return
+        }
+        guard lineCount <= shared.configuration.maxLinesPerFrame else {
+            refuseFrame(.protocolLimit, "frame of \(lineCount) lines over the limit (--max-lines-per-frame \(shared.configuration.maxLinesPerFrame))")
             return
         }
         linesReceived += lineCount
-        var output: [UInt8] = []
-        output.reserveCapacity(shared.configuration.format == .raw ? lines.count : lines.count + lineCount * 64)
-        lines.withUnsafeBytes { bytes in
-            shared.formatter.append(
-                lines: bytes, context: LineContext(time: shared.clock.now(), peer: peer, session: sessionID, extra: rowFields), to: &output)
-        }
-        unloggedBytes += lines.count
-        framesAtWriter += 1
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let size = lines.count
-        let durableUpTo = delivery.firstOffset + UInt64(lineCount)
-        shared.writer.submit(output) { ok in
-            bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: size, ok: ok) }
+        pendingFrames.append((delivery.firstOffset + UInt64(lineCount), lines, 0))
+        pendingPlaintext += lines.count
+        framesAtWriter += 1  // from now until its last slice is logged
+    }
+
+    /// A frame is formatted in slices of at most `sliceLines` lines and `sliceBytes` plaintext bytes, and
+    /// at most `formattedPerTurn` bytes of output per call, only while this connection's formatted bytes
+    /// at the writer are under its limit (they are what backpressure counts). The rest waits for the
+    /// writer's completion of what was handed over (which calls `formatPending` again), so the event loop
+    /// serves other connections in between: a frame of 2^20 empty lines (~50–90 MB formatted) costs the
+    /// loop many short turns instead of one long one, and memory stays bounded. An ordinary frame
+    /// (256 KiB of lines of 32 bytes or more) is one slice.
+    static let sliceLines = 8_192
+    static let sliceBytes = 1 << 20
+    static let formattedPerTurn = 2 << 20
+
+    /// The slices of a frame of more than `sliceLines` lines are formatted on the formatting thread, not
+    /// on the event loop: NIO runs every task that becomes ready before it polls again, so writer
+    /// completions that each format a slice kept a loop from accepting or reading for seconds.
+    /// `offloaded`: a slice is at the formatting thread; nothing else of this connection is formatted
+    /// until it is back (slices reach the writer in order).
+    private var offloaded = false
+
+    private func formatPending() {
+        var formatted = 0
+        while !ended, !offloaded, !pendingFrames.isEmpty, formatted < Self.formattedPerTurn,
+              unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection {
+            formatted += formatSlice()
         }
     }
 
-    /// The writer has made a frame durable: it may now be acknowledged.
-    private func logged(durableUpTo: UInt64, size: Int, ok: Bool) {
-        framesAtWriter -= 1
+    /// Formats the next slice (here, or on the formatting thread for frames of many lines), hands it to
+    /// the writer, and returns its formatted size (0 when offloaded).
+    private func formatSlice() -> Int {
+        let (durableUpTo, lines, start) = pendingFrames[0]
+        let end = lines.withUnsafeBytes { sliceEnd($0, from: start, maxLines: Self.sliceLines, maxBytes: Self.sliceBytes) }
+        let last = end == lines.count
+        if last {
+            pendingFrames.removeFirst()
+        } else {
+            pendingFrames[0].offset = end
+        }
+        let formatter = shared.formatter
+        let context = LineContext(time: shared.clock.now(), peer: peer, session: sessionID, extra: rowFields)
+        let format: @Sendable () -> [UInt8] = {
+            var output: [UInt8] = []
+            lines.withUnsafeBytes { all in
+                let slice = UnsafeRawBufferPointer(rebasing: all[start..<end])
+                let lineCount = formatter.format == .raw ? 0 : countLines(slice)
+                output.reserveCapacity(slice.count + lineCount * 64)
+                formatter.append(lines: slice, context: context, to: &output)
+            }
+            return output
+        }
+        // One slice (up to `sliceLines` lines): formatted here, as every ordinary frame is.
+        if start == 0 && last {
+            return handOver(format(), durableUpTo: durableUpTo, plaintext: end - start)
+        }
+        offloaded = true
+        let bound = NIOLoopBound(self, eventLoop: self.context.eventLoop)
+        shared.formatting.runIfActive(eventLoop: self.context.eventLoop, format).whenComplete { result in
+            let handler = bound.value
+            handler.offloaded = false
+            guard case .success(let output) = result, handler.context != nil, !handler.ended else { return }
+            _ = handler.handOver(output, durableUpTo: last ? durableUpTo : nil, plaintext: end - start)
+            handler.formatPending()
+            handler.updateCharge()
+        }
+        return 0
+    }
+
+    /// Gives a formatted slice to the writer; after a frame's last slice is written, the frame is acknowledged.
+    private func handOver(_ output: [UInt8], durableUpTo: UInt64?, plaintext: Int) -> Int {
+        pendingPlaintext -= plaintext
+        unloggedBytes += output.count
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let size = output.count
+        shared.writer.submit(output) { ok in
+            bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: size, ok: ok) }
+        }
+        return size
+    }
+
+    /// The writer has made a slice durable; after a frame's last slice, the frame may be acknowledged.
+    private func logged(durableUpTo: UInt64?, size: Int, ok: Bool) {
+        if durableUpTo != nil { framesAtWriter -= 1 }
         unloggedBytes -= size
         guard !ended else { return }
         guard ok else {
             // What was logged before is acknowledged already; this frame and any after it are not.
             logWriteFailed = true
-            stopTakingFrames = true
-            readSuppressed = true
-            disconnectPending = (.logWriteFailed, "log write failed on the server; lines not acknowledged", true)
-            finishDisconnectIfReady()
+            pendingFrames.removeAll()
+            pendingPlaintext = 0
+            refuseFrame(.logWriteFailed, "log write failed on the server; lines not acknowledged")
             return
         }
-        guard !logWriteFailed else { return }
-        session.acknowledge(durableUpTo: durableUpTo)
-        if readSuppressed && unloggedBytes <= shared.configuration.maxUnloggedBytesPerConnection / 2 && !inputEndedWhileLogging {
-            readSuppressed = false
-            context.read()
-        }
+        if let durableUpTo, !logWriteFailed { session.acknowledge(durableUpTo: durableUpTo) }
+        formatPending()
+        resumeReadingIfAllowed()
         finishDisconnectIfReady()
         flushOutbound()
+        updateCharge()
         if inputEndedWhileLogging && framesAtWriter == 0 {
             inputEndedWhileLogging = false
             endOfStream()
         }
     }
 
-    private var logWriteFailed = false
+    /// Why this connection must not read now (nil: it may).
+    private var readPause: String? {
+        if ended { return "ended" }
+        if disconnectPending != nil && session.state != .disconnectReceived { return "disconnecting" }
+        // Backpressure: lines waiting for the writer (formatted) or for formatting, ACKs the client does not read.
+        if unloggedBytes + pendingPlaintext > shared.configuration.maxUnloggedBytesPerConnection { return "unlogged" }
+        if !context.channel.isWritable { return "outbound" }
+        if authenticated && shared.budget.isExhausted { return "budget" }
+        return nil
+    }
+
+    /// Resumes reading after a pause, with hysteresis on the unlogged bytes.
+    private func resumeReadingIfAllowed() {
+        guard readSuppressed, !inputEndedWhileLogging, context != nil, readPause == nil,
+              unloggedBytes + pendingPlaintext <= shared.configuration.maxUnloggedBytesPerConnection / 2 else { return }
+        readSuppressed = false
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resumeReadingIfAllowed() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func waitForBudget() {
+        guard !waitingForBudget else { return }
+        waitingForBudget = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        shared.budget.wait(ObjectIdentifier(self)) {
+            loop.execute {
+                let handler = bound.value
+                handler.waitingForBudget = false
+                guard handler.context != nil else { return }
+                if handler.shared.budget.isExhausted && handler.readSuppressed {
+                    handler.waitForBudget()
+                } else {
+                    handler.resumeReadingIfAllowed()
+                }
+            }
+        }
+    }
 
     /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged.
     private func finishDisconnectIfReady() {
@@ -281,41 +435,28 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     private var lastFrameAt = NIODeadline.now()
 
-    // MARK: Heartbeat
-
+    /// PINGs after an interval of silence; the session ends (DISCONNECT code 5) after the timeout.
     private func startHeartbeat() {
-        heartbeat = Heartbeat(shared.configuration.heartbeat, now: NIODeadline.now().uptimeNanoseconds)
-        armHeartbeatTimer()
-    }
-
-    private func armHeartbeatTimer() {
-        guard let heartbeat, !ended else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        heartbeatTimer = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(heartbeat.nextCheck)) {
-            bound.value.heartbeatTimerFired()
-        }
-    }
-
-    private func heartbeatTimerFired() {
-        guard !ended, heartbeat != nil else { return }
-        switch heartbeat!.check(now: NIODeadline.now().uptimeNanoseconds) {
-        case .none:
-            break
-        case .sendPing:
-            if session.state == .established || session.state == .disconnectReceived {
-                session.sendPing()
-                flushOutbound()
-            }
-        case .timedOut:
-            let error = session.heartbeatTimedOut()
-            flushOutbound()
-            fail("\(error) for \(shared.configuration.heartbeat.timeoutNanoseconds / 1_000_000_000) s")
-            return
-        }
-        armHeartbeatTimer()
+        heartbeat = HeartbeatTimer(
+            shared.configuration.heartbeat, on: context.eventLoop,
+            ping: {
+                let handler = bound.value
+                guard !handler.ended, handler.session.state == .established || handler.session.state == .disconnectReceived else { return }
+                handler.session.sendPing()
+                handler.flushOutbound()
+            },
+            timedOut: {
+                let handler = bound.value
+                guard !handler.ended else { return }
+                let error = handler.session.heartbeatTimedOut()
+                handler.flushOutbound()
+                handler.fail("\(error) for \(handler.heartbeat?.timeoutDescription ?? "?") s")
+            })
     }
 
     private func idleTimerFired() {
+        idleTimer = nil  // it has fired: cancelling it again would only search the timer heap in vain
         let idleFor = NIODeadline.now() - lastFrameAt
         if idleFor < shared.configuration.idleTimeout {
             armIdleTimer(in: shared.configuration.idleTimeout - idleFor)
@@ -340,11 +481,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             context.read()  // drain: unread input at close() would make the kernel send RST
             return
         }
-        // Backpressure: while this connection's lines wait for the writer, read no more from it.
-        if ended || unloggedBytes > shared.configuration.maxUnloggedBytesPerConnection
-            || disconnectPending != nil && session.state != .disconnectReceived
-        {
+        if let pause = readPause {
             readSuppressed = true
+            if pause == "budget" { waitForBudget() }
             return
         }
         context.read()
@@ -373,11 +512,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         endOfStream()
-        handshakeTimer?.cancel()
-        idleTimer?.cancel()
-        lingerTimer?.cancel()
-        heartbeatTimer?.cancel()
-        if refusal == nil { shared.registry.remove(sessionID) }
+        cancelTimers()
+        releaseResources()
+        shared.registry.remove(sessionID)
         context.fireChannelInactive()
     }
 
@@ -412,22 +549,26 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         end(reason, isError: true)
     }
 
-    private func end(_ what: String, isError: Bool, numbered: Bool = true) {
+    private func end(_ what: String, isError: Bool) {
         guard !ended else { return }
         ended = true
         handshakeTimer?.cancel()
+        handshakeTimer = nil
         idleTimer?.cancel()
-        heartbeatTimer?.cancel()
-        if numbered {
-            let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
-            let named = identity.isEmpty ? "" : " identity=\(KeyText.fieldValue(identity))"
-            shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID)\(named): \(isError ? "error: " : "")\(what) (\(lines))")
-        } else {
-            shared.writer.submitDiagnostic("securemsg serve: \(peer): \(what)")
-        }
-        // Close after pending writes (our last ACK and DISCONNECT) have gone out.
+        idleTimer = nil
+        heartbeat?.cancel()
+        // Lines not yet formatted are dropped (never acknowledged); what is at the writer is released as it is written.
+        pendingFrames.removeAll()
+        pendingPlaintext = 0
+        updateCharge()
+        let lines = linesReceived == 1 ? "1 line" : "\(linesReceived) lines"
+        let named = identity.isEmpty ? "" : " identity=\(KeyText.fieldValue(identity))"
+        shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID)\(named): \(isError ? "error: " : "")\(what) (\(lines))")
+        // Close after pending writes (our last ACK and DISCONNECT) have gone out — or at the close timeout,
+        // whichever comes first: a client that does not read cannot keep its connection.
         let channel = context.channel
         guard channel.isActive else { return }
+        closeTimer = channel.eventLoop.scheduleTask(in: shared.configuration.closeTimeout) { channel.close(promise: nil) }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { written in
             guard case .success = written else { return channel.close(promise: nil) }
@@ -439,8 +580,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// answer with RST, which discards our last ACK and DISCONNECT wherever they are not yet delivered,
     /// and a client still streaming would see "connection reset" instead of the reason. So: FIN first,
     /// then read and drop input until the client closes too, for at most `lingerTime`.
+    /// A connection that never completed a handshake gets no linger: nothing it sent was acknowledged,
+    /// so it has nothing to lose, and an unauthenticated peer must not hold a slot any longer.
     private func closeGracefully(_ channel: Channel) {
-        guard !inputClosed, context != nil else { return channel.close(promise: nil) }
+        guard !inputClosed, authenticated, context != nil else { return channel.close(promise: nil) }
         channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
         lingerTimer = channel.eventLoop.scheduleTask(in: Self.lingerTime) { channel.close(promise: nil) }
         context.read()
@@ -462,4 +605,18 @@ func formatPeer(_ address: SocketAddress?) -> String {
     case .v6(let a): return "[\(a.host)]:\(address.port ?? 0)"
     default: return address.description
     }
+}
+
+/// Where a formatting slice that starts at `start` ends: after `maxLines` lines or once `maxBytes` are
+/// covered, always on a line boundary and after at least one line.
+func sliceEnd(_ lines: UnsafeRawBufferPointer, from start: Int, maxLines: Int, maxBytes: Int) -> Int {
+    guard let base = lines.baseAddress else { return start }
+    var position = start, count = 0
+    while position < lines.count {
+        guard let newline = memchr(base + position, 0x0A, lines.count - position) else { return lines.count }
+        position = base.distance(to: UnsafeRawPointer(newline)) + 1
+        count += 1
+        if count >= maxLines || position - start >= maxBytes { break }
+    }
+    return position
 }

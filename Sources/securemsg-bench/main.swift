@@ -9,6 +9,7 @@ import SecureMsgCore
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
 //   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   (KEYFILE may name an identity) connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
+//   securemsg-bench format text|jsonl|raw SIZE ascii|utf8 [SECONDS]   MessageFormatter alone, in process: lines/s, MB/s of input
 
 let arguments = CommandLine.arguments
 guard arguments.count >= 2 else {
@@ -149,6 +150,37 @@ do {
         }
         let elapsed = cpuTime() - started
         emit(#"{"mode":"\#(mode)","cpu_handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
+
+    case "format":
+        // The formatter alone (serve's per-line cost without sockets or disk): frames of 256 KiB of lines of
+        // SIZE bytes, ASCII or UTF-8 text with two-byte letters, formatted over and over.
+        let format = OutputFormat(rawValue: arguments[2])!
+        let size = Int(arguments[3])!
+        let seconds = arguments.count > 5 ? Double(arguments[5])! : 2
+        let unit: [UInt8] = arguments[4] == "utf8" ? Array("Grüße aus Köln ".utf8) : Array("hello world 42 ".utf8)
+        var line: [UInt8] = []
+        while line.count < size - 1 { line.append(unit[line.count % unit.count]) }
+        if line.last! >= 0x80 { while line.last! & 0xC0 == 0x80 { line.removeLast() }; line.removeLast() }  // whole characters only
+        line.append(0x0A)
+        var frame: [UInt8] = []
+        var linesPerFrame = 0
+        while frame.count + line.count <= 256 << 10 { frame += line; linesPerFrame += 1 }
+        let formatter = MessageFormatter(format: format)
+        let context = LineContext(time: "2026-11-27T01:14:53.123456Z", peer: "127.0.0.1:50412", session: 7)
+        var output: [UInt8] = []
+        output.reserveCapacity(frame.count * 2 + linesPerFrame * 64)
+        var frames = 0, outputBytes = 0
+        let started = now()
+        repeat {
+            for _ in 0..<16 {
+                output.removeAll(keepingCapacity: true)
+                formatter.append(lines: frame, context: context, to: &output)
+                outputBytes += output.count
+            }
+            frames += 16
+        } while now() - started < seconds
+        let elapsed = now() - started
+        emit(#"{"format":"\#(format)","line_bytes":\#(line.count),"lines_per_s":\#(Double(frames * linesPerFrame) / elapsed),"input_MB_per_s":\#(Double(frames * frame.count) / elapsed / 1e6),"output_bytes_per_line":\#(outputBytes / (frames * linesPerFrame))}"#)
 
     default:
         FileHandle.standardError.write(Data("unknown mode \(arguments[1])\n".utf8))

@@ -82,15 +82,17 @@ final class CaptureDecoder {
     private(set) var counts = Counts()
     private var row: [UInt8] = []
 
-    convenience init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
-        self.init(keys: { _ in key }, keyLog: keyLog, format: format, output: output)
+    /// `escapingRaw`: stdout is a terminal, where `raw` lines are escaped as in `text`.
+    convenience init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false, output: OutputSink) {
+        self.init(keys: { _ in key }, keyLog: keyLog, format: format, escapingRaw: escapingRaw, output: output)
     }
 
     /// `keys`: the key of an identity ("" for v1 and for the shared key), nil when unknown.
-    init(keys: @escaping (String) -> PreSharedKey?, keyLog: KeyLog = KeyLog(), format: OutputFormat, output: OutputSink) {
+    init(keys: @escaping (String) -> PreSharedKey?, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false,
+         output: OutputSink) {
         self.keys = keys
         self.keyLog = keyLog
-        formatter = MessageFormatter(format: format)
+        formatter = MessageFormatter(format: format, escapingRaw: escapingRaw)
         self.output = output
     }
 
@@ -174,7 +176,7 @@ final class CaptureDecoder {
         case let .refused(code, text):
             counts.refusals += 1
             connection.observer = nil  // nothing more to read, and nothing missing
-            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.escaped(Array(text.utf8), limit: Wire.maximumRefusalTextLength)) (code \(code.rawValue))")
+            report(connection, at: at, "refused by the server (unauthenticated): \(PeerText.printable(text.utf8)) (code \(code.rawValue))")
         case .forwardSecretSessionWithoutKeyLog(let nonce):
             counts.withoutKeyLog += 1
             connection.observer = nil
@@ -205,7 +207,8 @@ final class CaptureDecoder {
                 counts.lines += lineCount
                 if let index = connection.identityIndex { counts.identities[index].lines += lineCount }
                 lines.withUnsafeBytes { formatter.append(lines: $0, context: context, to: &row) }
-                if formatter.format == .raw, let last = lines.last, last != 0x0A { row.append(0x0A) }
+                // Only unescaped raw copies the plaintext as it is; every other form ends each line itself.
+                if formatter.format == .raw, !formatter.escapingRaw, let last = lines.last, last != 0x0A { row.append(0x0A) }
             case .ack, .disconnect, .ping, .pong:
                 var note = plaintext[...]
                 switch type {

@@ -11,6 +11,8 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Seconds allowed for connecting and the handshake.") var connectTimeout = 10
     @Option(help: "Seconds without an acknowledgement, while lines are outstanding, before giving up.")
     var ackTimeout = 60
+    @Option(help: "Seconds for the server to answer DISCONNECT once every line is acknowledged.")
+    var disconnectTimeout = 10
     @Option(help: "Seconds without anything from the server before sending it a PING.") var heartbeatInterval = 15.0
     @Option(help: "Seconds without anything from the server before giving up (heartbeat timeout).")
     var heartbeatTimeout = 45.0
@@ -19,7 +21,7 @@ struct ConnectionOptions: ParsableArguments {
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
-        guard connectTimeout > 0, ackTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        guard connectTimeout > 0, ackTimeout > 0, disconnectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
     }
 
@@ -31,6 +33,7 @@ struct ConnectionOptions: ParsableArguments {
         options.port = port
         options.connectTimeout = .seconds(Int64(connectTimeout))
         options.acknowledgementTimeout = .seconds(Int64(ackTimeout))
+        options.disconnectTimeout = .seconds(Int64(disconnectTimeout))
         options.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
         options.forwardSecrecy = requireForwardSecrecy ? .required : forwardSecrecy ? .offered : .off
         return options

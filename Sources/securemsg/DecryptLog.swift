@@ -51,7 +51,8 @@ struct DecryptLog: ParsableCommand {
             }
         }
         let sink = OutputSink()
-        let decoder = CaptureDecoder(keys: keys, keyLog: secrets, format: format, output: sink)
+        let decoder = CaptureDecoder(
+            keys: keys, keyLog: secrets, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink)
         let reassembler = TCPReassembler(serverPort: UInt16(port))
         var lastTime = CaptureTimestamp.zero
         files: for path in captures {

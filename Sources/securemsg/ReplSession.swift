@@ -10,7 +10,7 @@ import Synchronization
 enum ReplSession {
     static let prompt = "securemsg> "
     /// The interruption reason for `!DISCONNECT`. Reasons from the connection are escaped (see
-    /// `describe`), so none can contain this NUL and be mistaken for it.
+    /// `describe`: NUL prints as `\x00`), so none can contain this NUL and be mistaken for it.
     private static let disconnectRequested = "\u{0}!DISCONNECT"
 
     /// A process started with fd 0, 1 or 2 closed would hand that number to the next open(), pipe()
@@ -199,9 +199,8 @@ enum ReplSession {
 
     private static func lineCount(_ n: Int) -> String { "\(n) line\(n == 1 ? "" : "s")" }
 
-    /// A failure's description can carry text from the wire (a DISCONNECT reason, a refusal): the
-    /// descriptions escape it where it is quoted (`PeerText.escaped`), so it cannot drive the terminal.
-    static func describe(_ failure: ClientFailure) -> String {
-        failure.description
-    }
+    /// A failure's description can carry the server's DISCONNECT reason, text from the wire:
+    /// `ClientFailure` shows it only escaped and cut (`PeerText.printable`), the one escaper of every
+    /// output, so it cannot drive the terminal.
+    static func describe(_ failure: ClientFailure) -> String { failure.description }
 }

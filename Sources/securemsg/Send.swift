@@ -31,18 +31,12 @@ struct Send: ParsableCommand {
         let options = try connection.clientOptions()
         let started = Date()
         let progress = isatty(STDERR_FILENO) == 1 ? ProgressLine() : nil
-        // Input is awaited together with the connection: a server that goes away (killed, shut down,
-        // blackholed) is reported at once, even while stdin is quiet.
-        let wakeup: WakeupPipe
-        do {
-            wakeup = try WakeupPipe()
-        } catch {
-            throw CommandFailure(message: "\(error)", exitCode: 1)
-        }
+        let ended: WakeupPipe
         let client: ClientConnection
         do {
+            ended = try WakeupPipe()
             client = try ClientConnection(
-                options: options, onAcknowledged: { _, total in progress?.update(total) }, onTerminated: { _ in wakeup.notify() })
+                options: options, onAcknowledged: { _, total in progress?.update(total) }, onTerminated: { _ in ended.notify() })
         } catch {
             throw CommandFailure(message: "\(error)", exitCode: 1)
         }
@@ -55,7 +49,9 @@ struct Send: ParsableCommand {
         do {
             inputs: for (name, fd) in inputs {
                 while true {
-                    guard waitForInput(fd, wakeup: wakeup, client: client) else { break inputs }  // finish() says why
+                    // A session that ends while the input is idle (`tail -f | securemsg send`: the server
+                    // went away, timed out or sent DISCONNECT) is reported at once, not at the next line.
+                    guard waitForInput(fd, orSessionEnd: ended) else { break inputs }  // finish() says why
                     let n = read(fd, chunk.baseAddress, chunk.count)
                     if n < 0 && errno == EINTR { continue }
                     if n < 0 {
@@ -94,20 +90,14 @@ struct Send: ParsableCommand {
         }
     }
 
-    /// Waits until `fd` is readable (true) or the session has ended (false).
-    private func waitForInput(_ fd: Int32, wakeup: WakeupPipe, client: ClientConnection) -> Bool {
-        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0)]
-        while true {
-            if client.isTerminated { return false }
-            fds[0].revents = 0
-            fds[1].revents = 0
-            if poll(&fds, nfds_t(fds.count), -1) < 0 {
-                if errno == EINTR { continue }
-                return true  // let read(2) report the problem
-            }
-            if fds[1].revents != 0 { _ = wakeup.drain() }
-            if fds[0].revents != 0 { return true }
+    /// Blocks until `fd` has input (or end of file, or an error for read to report); false when the
+    /// session ended first.
+    private func waitForInput(_ fd: Int32, orSessionEnd ended: WakeupPipe) -> Bool {
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: ended.readEnd, events: Int16(POLLIN), revents: 0)]
+        while poll(&fds, nfds_t(fds.count), -1) < 0 {
+            if errno != EINTR { return true }  // read() will report what is wrong
         }
+        return fds[1].revents == 0
     }
 
     private func acknowledgedSummary(_ client: ClientConnection) -> String {

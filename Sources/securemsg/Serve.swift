@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import NIOCore
 import SecureMsgCore
 import SecureMsgNet
@@ -24,14 +25,28 @@ struct Serve: ParsableCommand {
     var keyring: String?
     @Option(help: ArgumentHelp("Log file, appended to.", valueName: "path")) var log = "server_logs.txt"
     @Flag(help: "Do not write a log file (stdout only).") var noLog = false
+    @Option(help: ArgumentHelp("Permission bits of the log file, octal: set on a new file and on an existing one serve owns; an existing file owned by someone else with another mode is refused.", valueName: "octal"))
+    var logMode = "600"
+    @Flag(help: "Open the log path even when it is a symbolic link (by default such a path is refused).") var logFollowSymlinks = false
+    @Flag(name: .shortAndLong, help: "Do not echo received lines to stdout (the log file only).") var quiet = false
     @Option(help: "Output format for stdout and the log: text, jsonl or raw.") var format: OutputFormat = .text
     @Option(help: "When an ACK may be sent: none (after write), batch (after one fdatasync per batch), always (fdatasync per frame).")
     var sync: SyncPolicy = .batch
-    @Option(help: "Connections beyond this are refused.") var maxConnections = 4096
+    @Option(help: "Connections beyond this are refused (lowered to the open-files limit minus 64).") var maxConnections = 4096
+    @Option(help: "Connections from one source address that have not completed the handshake; more are refused.")
+    var maxUnauthenticatedPerSource = 64
     @Option(help: "Longest line accepted, in bytes (at most 1048575, the protocol's limit); a client that sends a longer one is disconnected.")
     var maxLineBytes = Wire.maximumLineLength
-    @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 10
+    @Option(help: "Lines per frame; a client that sends a frame with more is disconnected, unacknowledged.")
+    var maxLinesPerFrame = 256 << 10
+    @Option(help: "Bytes queued to a client (ACKs it does not read), in KiB, above which serve stops reading from it.")
+    var maxOutboundKb = 64
+    @Option(help: "All bytes buffered for clients together (partial frames, lines waiting to be logged), in MiB; over it, serve stops reading from established clients until it is back under 7/8.")
+    var maxBufferedMb = 512
+    @Option(help: "Seconds a client has to complete the handshake.") var handshakeTimeout = 5
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
+    @Option(help: "Seconds an ended session has to deliver its last frames before its connection is closed anyway.")
+    var closeTimeout = 5
     @Option(help: "Event loop threads (default: one per two cores).") var threads = ServerConfiguration.defaultThreads
     @Option(help: "Seconds without anything from a client before serve sends it a PING.") var heartbeatInterval = 15.0
     @Option(help: "Seconds without anything from a client before serve ends its session (heartbeat timeout).")
@@ -47,9 +62,12 @@ struct Serve: ParsableCommand {
         guard (1...Wire.maximumLineLength).contains(maxLineBytes) else {
             throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
         }
-        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0 else {
+        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0, maxUnauthenticatedPerSource > 0,
+              maxLinesPerFrame > 0, maxOutboundKb > 0, maxBufferedMb > 0, closeTimeout > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
+        guard let mode = mode_t(logMode, radix: 8), mode <= 0o777 else { throw ValidationError("--log-mode must be octal, 0...777") }
+        _ = mode
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
         if keyLog != nil && !forwardSecrecy {
             throw ValidationError("--key-log needs --forward-secrecy (only forward-secret sessions have key-log lines)")
@@ -92,7 +110,16 @@ struct Serve: ParsableCommand {
             configuration.host = host
             configuration.port = port
             configuration.logPath = noLog ? nil : log
+            configuration.logFile.mode = mode_t(logMode, radix: 8)!
+            configuration.logFile.followSymlinks = logFollowSymlinks
+            configuration.echoToStdout = !quiet
+            configuration.maxUnauthenticatedPerSource = maxUnauthenticatedPerSource
+            configuration.maxLinesPerFrame = maxLinesPerFrame
+            configuration.maxOutboundBytesPerConnection = maxOutboundKb << 10
+            configuration.maxBufferedBytes = maxBufferedMb << 20
+            configuration.closeTimeout = .seconds(Int64(closeTimeout))
             configuration.format = format
+            configuration.stdoutIsTerminal = isatty(STDOUT_FILENO) == 1
             configuration.sync = sync
             configuration.maxConnections = maxConnections
             configuration.maxLineLength = maxLineBytes

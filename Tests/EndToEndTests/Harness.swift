@@ -77,7 +77,9 @@ enum Harness {
         let deadline = Date(timeIntervalSinceNow: timeout)
         while process.isRunning && Date() < deadline { usleep(5_000) }
         if process.isRunning {
-            process.terminate()
+            // SIGKILL, not terminate(): a client hung in a wait may not act on SIGTERM, and the test
+            // would then hang instead of failing.
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
             Issue.record("securemsg \(arguments.joined(separator: " ")) timed out after \(timeout) s")
         }
@@ -98,8 +100,9 @@ final class ServerProcess {
     var stdoutPath: String { directory.appendingPathComponent("serve.out").path }
     var stderrPath: String { directory.appendingPathComponent("serve.err").path }
 
+    /// `standardOutput`: where serve's stdout goes instead of `stdoutPath` (e.g. a terminal).
     init(directory: URL? = nil, keyPath: String? = nil, arguments: [String] = [], environment: [String: String]? = nil,
-         useKeyFile: Bool = true) throws {
+         useKeyFile: Bool = true, standardOutput: FileHandle? = nil) throws {
         self.directory = directory ?? Harness.temporaryDirectory()
         self.keyPath = try keyPath ?? Harness.makeKey(in: self.directory)
         process.executableURL = URL(fileURLWithPath: Harness.binary)
@@ -108,7 +111,7 @@ final class ServerProcess {
         if let environment { process.environment = environment }
         FileManager.default.createFile(atPath: stdoutPath, contents: nil)
         FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
+        process.standardOutput = try standardOutput ?? FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
         process.standardInput = FileHandle.nullDevice
         try process.run()

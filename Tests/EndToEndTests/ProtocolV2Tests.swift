@@ -43,6 +43,16 @@ import Testing
         #expect(try server.send(Data("after\n".utf8)).status == 0)
     }
 
+    /// A Refusal's text is the server's, unauthenticated: shown escaped, with its code.
+    @Test func hostileRefusalTextIsEscapedAtTheClient() throws {
+        let text = Array("\u{1B}[2J\u{1B}]0;owned\u{7}go away\n".utf8)
+        let server = try CannedServer(reply: Wire.magic + [2, 0xFF, 2, UInt8(text.count)] + text)
+        let key = try Harness.makeKey(in: Harness.temporaryDirectory())
+        let result = try Harness.run(["send", "--port", "\(server.port)", "--key-file", key], stdin: Data("x\n".utf8), timeout: 30)
+        #expect(result.status == 1)
+        #expect(result.stderr == #"securemsg send: server refused (unauthenticated): \x1b[2J\x1b]0;owned\x07go away\x0a (code 2)"# + "\n", "\(result.stderr)")
+    }
+
     /// A v1 ClientHello ("SMSG" 01 nonce) is answered with a v2 Refusal, code 1: a v1 client reads
     /// version 2 at byte 4 and reports "unsupported version 2"; serve names the version it got.
     @Test func v1ClientAgainstV2ServeGetsUnsupportedVersion() throws {
@@ -215,5 +225,43 @@ import Testing
         #expect(without.stdout == Data("psk only\n".utf8))
         #expect(without.stderr.contains("forward-secret session without a key-log line"), "\(without.stderr)")
         #expect(without.stderr.contains("1 forward-secret without key-log line"), "\(without.stderr)")
+    }
+}
+
+/// A loopback listener that answers its first connection's first bytes with `reply`, then closes.
+final class CannedServer: @unchecked Sendable {
+    let port: Int
+    private let listener: Int32
+
+    init(reply: [UInt8]) throws {
+        _ = RawSocket.ignoreSIGPIPE
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.listener = listener
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(listener, pointer, length) == 0 && listen(listener, 4) == 0 && getsockname(listener, pointer, &length) == 0
+            }
+        }
+        port = Int(UInt16(bigEndian: address.sin_port))
+        try #require(bound)
+        Thread.detachNewThread {
+            let connection = accept(listener, nil, nil)
+            guard connection >= 0 else { return }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            _ = buffer.withUnsafeMutableBytes { recv(connection, $0.baseAddress, $0.count, 0) }
+            _ = reply.withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            shutdown(connection, Int32(SHUT_WR))
+            while buffer.withUnsafeMutableBytes({ recv(connection, $0.baseAddress, $0.count, 0) }) > 0 {}
+            close(connection)
+        }
+    }
+
+    deinit {
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
     }
 }

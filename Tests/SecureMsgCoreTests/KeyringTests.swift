@@ -127,7 +127,8 @@ private func keyringError(_ text: String) -> KeyTextError? {
         for bad in ["", " alice", "alice ", "#alice", "a\tb", "a\nb", "a\u{7F}", String(repeating: "x", count: 65)] {
             #expect(!KeyText.isValidKeyringIdentity(bad), "\(bad.debugDescription)")
         }
-        #expect(KeyText.display("a\u{202E}b\\c") == "a\\u{202e}b\\\\c")
+        #expect(KeyText.display("a\u{202E}b\\c") == "a\\u{202E}b\\\\c")
+        #expect(KeyText.fieldValue("bob laptop\u{1B}") == "bob\\u{20}laptop\\x1b")
     }
 }
 
