@@ -79,12 +79,14 @@ public final class SecureServer: Sendable {
                     + ": at most \(connections) connections (--max-connections \(configuration.maxConnections))")
             configuration.maxConnections = connections
         }
+        // The key log first: a LogWriter dropped by a later throw would leave its thread reading a freed
+        // writer (an `unowned` crash, 1 start in 6 when the key log was refused).
+        let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
         let diagnostics = DiagnosticQueue()
         let writer = try LogWriter(
             logPath: configuration.logPath, logOptions: configuration.logFile, sync: configuration.sync,
             echoToStdout: configuration.echoToStdout, escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
             diagnostics: { diagnostics.line($0.hasPrefix("securemsg serve: ") ? $0 : "securemsg serve: \($0)") })
-        let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
         shared = ServerShared(configuration: configuration, writer: writer, diagnostics: diagnostics, keyLog: keyLog)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
     }
