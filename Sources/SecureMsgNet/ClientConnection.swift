@@ -403,6 +403,7 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         watchdog?.cancel()
         heartbeat?.cancel()
+        heartbeat = nil  // its closures hold this handler
         let ended: Result<Int, Error> = lock.withLock {
             Result {
                 try session.receiveEndOfStream()
