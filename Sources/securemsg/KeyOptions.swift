@@ -44,6 +44,15 @@ struct KeyOptions: ParsableArguments {
         return access(path, F_OK) == 0 ? path : nil
     }
 
+    /// Whether `path` names a file directly in `$CREDENTIALS_DIRECTORY` (as `--key-file
+    /// ${CREDENTIALS_DIRECTORY}/key` in dist/systemd does): systemd makes that directory private to the
+    /// unit and may grant access through an ACL whose mask shows as group bits.
+    static func isCredential(_ path: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
+        guard let directory = environment["CREDENTIALS_DIRECTORY"], directory.hasPrefix("/") else { return false }
+        let prefix = directory.hasSuffix("/") ? directory : directory + "/"
+        return path.hasPrefix(prefix) && !path.dropFirst(prefix.count).contains("/")
+    }
+
     /// The key (and identity) given explicitly: --key-file, SECUREMSG_KEY or a systemd credential.
     func explicitKey() throws -> KeyFile? {
         if let keyFile { return try Self.read(path: keyFile) }
@@ -82,7 +91,8 @@ struct KeyOptions: ParsableArguments {
     static func read(path: String, credential: Bool = false) throws -> KeyFile {
         do {
             var bytes = try SecretFile.read(
-                path: path, what: "key file", maximumSize: SecretFile.maximumKeyFileSize, groupBitsAllowed: credential)
+                path: path, what: "key file", maximumSize: SecretFile.maximumKeyFileSize,
+                groupBitsAllowed: credential || isCredential(path))
             defer { secureZero(&bytes) }
             return try KeyFile(parsing: bytes)
         } catch let failure as SecretFile.Failure {

@@ -76,7 +76,7 @@ struct Serve: ParsableCommand {
 
     /// --keyring, else systemd's credential `securemsg.keyring`.
     private var keyringSource: (path: String, credential: Bool)? {
-        if let keyring { return (keyring, false) }
+        if let keyring { return (keyring, KeyOptions.isCredential(keyring)) }
         return KeyOptions.credentialPath(KeyOptions.credentialKeyringName).map { ($0, true) }
     }
 

@@ -151,6 +151,10 @@ func runWithStandardOutput(file: String, _ arguments: [String]) throws -> (statu
         let sent = try Harness.run(["send", "--port", "\(server.port)"], stdin: Data("from a unit\n".utf8), environment: environment)
         #expect(sent.status == 0, "\(sent.stderr)")
         #expect(String(decoding: server.log, as: UTF8.self).hasSuffix(" from a unit\n"))
+        // Named explicitly (dist/systemd: `--key-file ${CREDENTIALS_DIRECTORY}/key`), the same rule holds.
+        let explicit = try Harness.run(["send", "--port", "\(server.port)", "--key-file", credential],
+                                       stdin: Data("explicit\n".utf8), environment: environment)
+        #expect(explicit.status == 0, "\(explicit.stderr)")
         // Others' bits are still refused there.
         chmod(credentials.path, 0o700)
         chmod(credential, 0o444)
