@@ -37,6 +37,8 @@ let package = Package(
                 "SecureMsgCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // serve --metrics (part of swift-nio: no new package).
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -61,6 +63,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The README's example of SecureMsgCore used from outside (public API only), run by CoreExampleTests.
+        .executableTarget(name: "securemsg-core-example", dependencies: ["SecureMsgCore"], path: "Examples/core-loopback"),
         // libFuzzer harness (scripts/fuzz); without -DFUZZING a replayer of corpus files.
         .executableTarget(name: "securemsg-fuzz", dependencies: ["SecureMsgCore", "SecureMsgCapture"]),
         .testTarget(

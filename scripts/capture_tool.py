@@ -10,7 +10,7 @@
 
 Crafting works on captures of `tcpdump -i lo` (Ethernet link type). Only what a change needs is
 recomputed: IPv4 lengths and header checksum, and the TCP checksum, so that the files stay valid for
-other tools too (securemsg's reader does not verify checksums).
+other tools and for decrypt-log, which verifies them (only `spoofed` breaks one, on purpose).
 """
 import socket
 import struct
@@ -313,6 +313,33 @@ def craft(kind, capture, port, other=None):
             r.seconds = base + i // 1000
             r.fraction = (i % 1000) * (1_000_000 if capture.nano else 1000)
         capture.records = merged
+    elif kind == "spoofed":
+        # A forged segment written just before DATA 0: garbage over the stream bytes of DATA 0 to DATA 2,
+        # with a wrong TCP checksum. A receiver drops it; decrypt-log must too, while the genuine copies
+        # (loopback: offloaded checksums) that follow decrypt in full.
+        index, s = data_record(0)
+        _, start, _, _ = c2s.frame("DATA", 0)
+        _, last_start, last_length, _ = c2s.frame("DATA", 2)
+        garbage = bytes((i * 37 + 11) & 0xFF for i in range(last_start + last_length - start))
+        forged = bytearray(s.build(garbage, s.seq))
+        forged[14 + len(s.ip) + 16] ^= 0x5A  # the TCP checksum, now wrong
+        records.insert(index, records[index].copy(bytes(forged)))
+    elif kind == "forged":
+        # A forged copy of DATA 1 written just before it: the same length and type, garbage after them,
+        # and the checksum loopback packets carry (the pseudo-header sum: "left to offload"), so that it
+        # cannot be told from the genuine copy before decryption. It arrives first and wins the overlap;
+        # the frame fails authentication with it, then the genuine copy's bytes authenticate.
+        index, s = data_record(1)
+        garbage = s.payload[:5] + bytes((i * 91 + 7) & 0xFF for i in range(len(s.payload) - 5))
+        forged = bytearray(s.build(garbage, s.seq))
+        at = 14 + len(s.ip) + 16
+        length = len(forged) - 14 - len(s.ip)
+        if s.version == 4:
+            pseudo = bytes(s.source) + bytes(s.destination) + struct.pack("!BBH", 0, 6, length)
+        else:
+            pseudo = bytes(s.source) + bytes(s.destination) + struct.pack("!IxxxB", length, 6)
+        struct.pack_into("!H", forged, at, ~_checksum(pseudo) & 0xFFFF)
+        records.insert(index, records[index].copy(bytes(forged)))
     elif kind == "truncated":
         # The file cut in the middle of the server's DISCONNECT record.
         s2c = Stream(capture, port, client, False)

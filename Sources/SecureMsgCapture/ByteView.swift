@@ -64,4 +64,37 @@ struct ByteView {
 
     /// Copies the bytes out; the view itself is only valid while the packet buffer is.
     var bytes: [UInt8] { Array(buffer[start..<end]) }
+
+    /// The 16-bit one's complement sum (RFC 1071) of the bytes, as big-endian 16-bit words
+    /// (a last odd byte padded with zero), folded, plus `initial` (folded in).
+    func onesComplementSum(adding initial: UInt32 = 0) -> UInt16 {
+        // Summed as native-endian 32-bit words: the one's complement sum is the same in either
+        // byte order up to a final swap (RFC 1071, 2(B)), and no carry is lost in 64 bits.
+        var sum: UInt64 = 0
+        var index = start
+        if let base = buffer.baseAddress {
+            while index + 4 <= end {
+                sum &+= UInt64(base.loadUnaligned(fromByteOffset: index, as: UInt32.self))
+                index += 4
+            }
+            if index < end {
+                var tail: UInt32 = 0
+                withUnsafeMutableBytes(of: &tail) { bytes in
+                    for offset in 0..<(end - index) { bytes[offset] = base.load(fromByteOffset: index + offset, as: UInt8.self) }
+                }
+                sum &+= UInt64(tail)
+            }
+        }
+        while sum >> 16 != 0 { sum = (sum & 0xFFFF) &+ (sum >> 16) }
+        var total = UInt32(UInt16(truncatingIfNeeded: sum).bigEndian) &+ (initial & 0xFFFF) &+ (initial >> 16)
+        while total >> 16 != 0 { total = (total & 0xFFFF) &+ (total >> 16) }
+        return UInt16(total)
+    }
+
+    /// `value` folded to 16 bits by end-around carry.
+    static func fold(_ value: UInt32) -> UInt16 {
+        var total = value
+        while total >> 16 != 0 { total = (total & 0xFFFF) &+ (total >> 16) }
+        return UInt16(total)
+    }
 }

@@ -86,6 +86,17 @@ public enum CaptureEvent: Sendable, Equatable {
     /// FIN or RST seen for this direction and everything before it delivered (or reported
     /// as a gap). Nothing more is reported for this direction.
     case closed(ConnectionKey, StreamDirection, at: CaptureTimestamp)
+    /// The connection is no longer tracked (`TCPReassembler.maxConnections` reached and it
+    /// was the first to go; holes were reported and buffered data delivered before this).
+    /// Nothing more is reported for it; its later packets, if any, open a new connection.
+    /// `idleSince` is the time of its last segment.
+    case evicted(ConnectionKey, idleSince: CaptureTimestamp, at: CaptureTimestamp)
+    /// Another copy of the stream bytes at `offset` (0 is the stream's first byte: the
+    /// first of all bytes `.data` and `.gap` report) that was not used, because a better or
+    /// earlier copy was (`TCPReassembler`'s overlap rule). For bytes still buffered it is
+    /// reported only if it differs; for bytes already delivered (no longer kept) whenever
+    /// it arrives. A reader whose frame fails authentication may try it instead.
+    case conflict(ConnectionKey, StreamDirection, offset: UInt64, bytes: [UInt8], at: CaptureTimestamp)
 }
 
 /// Counters for a decrypt-log style summary. A packet is counted in exactly one of the
@@ -108,6 +119,15 @@ public struct CaptureStatistics: Sendable, Equatable {
     public var snapTruncatedSegments = 0
     /// Connection instances opened.
     public var connections = 0
+    /// Open connections dropped to stay within `TCPReassembler.maxConnections`.
+    public var evictedConnections = 0
+    /// Most connections tracked at once.
+    public var peakTrackedConnections = 0
+    /// Of `tcpSegments`: whole segments whose TCP checksum verified, failed, or could not be
+    /// checked (offloaded: 0 or the pseudo-header sum alone; snapped; TSO super-packets).
+    public var checksumVerified = 0
+    public var checksumFailed = 0
+    public var checksumUnverifiable = 0
 
     public init() {}
 }

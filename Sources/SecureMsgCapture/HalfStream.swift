@@ -5,10 +5,16 @@
 /// (RFC 1982): a sequence number is interpreted as the nearest position, at most 2^31
 /// before or after the next byte to deliver. TCP windows are far smaller than that.
 ///
-/// Overlap rule: the first bytes received for a position win. Bytes before `delivered`
-/// are dropped on arrival (a retransmission cannot change what was already handed out),
-/// and a segment overlapping buffered out-of-order data only fills the parts no earlier
-/// segment covered. Differing retransmitted bytes are therefore ignored, not reported.
+/// Overlap rule: for bytes not yet delivered, a copy with a better checksum verdict
+/// (`SegmentTrust`: verified > unverifiable > failed) replaces a buffered one; among copies
+/// with the same verdict the first received wins. Bytes before `delivered` are dropped on
+/// arrival (a retransmission cannot change what was already handed out).
+///
+/// Candidates: bytes of a segment whose checksum failed are never delivered while there is
+/// hope for another copy. They stay buffered and are used only where the hole would
+/// otherwise be given up (the peer's ACK, the buffer cap, RST, end of capture), so a forged
+/// segment that a receiver would have dropped cannot hide the genuine bytes behind it, and
+/// a damaged-but-only copy still beats a gap.
 ///
 /// A hole is given up (reported as a gap, delivery continuing after it) when the peer
 /// acknowledges past it and captured data follows it, when buffered data exceeds the cap,
@@ -20,12 +26,17 @@ struct HalfStream {
         case data([UInt8])
         case gap(UInt64)
         case closed
+        /// Another copy of the bytes at this offset, not used: the copy delivered or buffered
+        /// there differs (or, delivered already and no longer kept, may differ).
+        case conflict(UInt64, [UInt8])
     }
 
     private struct Chunk {
         var offset: UInt64
         var bytes: [UInt8]
+        var trust: SegmentTrust
         var end: UInt64 { offset + UInt64(bytes.count) }
+        var isCandidate: Bool { trust == .failed }
     }
 
     let maxBufferedBytes: Int
@@ -69,18 +80,24 @@ struct HalfStream {
     /// Handles one segment's payload and FIN. `declaredLength` (>= payload count) is the
     /// IP-declared payload length: bytes beyond the captured ones were cut by the snap
     /// length, still occupy sequence space, and end up reported as a gap.
+    /// A segment whose checksum failed (`trust == .failed`) only offers candidate bytes: it
+    /// neither starts the stream nor carries a FIN.
     mutating func receive(sequence: UInt32, payload: ByteView, declaredLength: Int, fin: Bool,
-                          into out: inout [Output])
+                          trust: SegmentTrust = .unverifiable, into out: inout [Output])
     {
         guard !isClosed else { return }
-        start(at: sequence)
+        if trust == .failed {
+            guard isStarted else { return }
+        } else {
+            start(at: sequence)
+        }
         let start = offset(of: sequence)
-        if fin, finOffset == nil {
+        if fin, finOffset == nil, trust != .failed {
             let end = start + Int64(declaredLength)
             // A FIN before data already delivered contradicts the stream; ignore it.
             if end >= Int64(delivered) { setFin(at: UInt64(end)) }
         }
-        if !payload.isEmpty { store(at: start, payload, into: &out) }
+        if !payload.isEmpty { store(at: start, payload, trust: trust, into: &out) }
         enforceLimits(into: &out)
         drain(into: &out)
         skipAcknowledgedHoles(into: &out)
@@ -124,22 +141,29 @@ struct HalfStream {
             pending.removeLast()
             pendingBytes -= last.bytes.count
             if last.offset < offset {
-                let kept = Chunk(offset: last.offset, bytes: Array(last.bytes.prefix(Int(offset - last.offset))))
+                let kept = Chunk(offset: last.offset, bytes: Array(last.bytes.prefix(Int(offset - last.offset))),
+                                 trust: last.trust)
                 pending.append(kept)
                 pendingBytes += kept.bytes.count
             }
         }
     }
 
-    /// Inserts the parts of [start, start + count) that are neither delivered, nor
-    /// already buffered, nor past the FIN. In-order data with nothing buffered (the
-    /// common case) is handed out directly.
-    private mutating func store(at start: Int64, _ payload: ByteView, into out: inout [Output]) {
-        var lower = max(start, Int64(delivered))
+    /// Stores [start, start + count) minus what is delivered or past the FIN: the parts no
+    /// buffered chunk covers, and the parts covered by a chunk with a worse checksum verdict
+    /// (which the new copy replaces). In-order data with nothing buffered (the common case)
+    /// is handed out directly, unless it is a candidate.
+    private mutating func store(at start: Int64, _ payload: ByteView, trust: SegmentTrust, into out: inout [Output]) {
+        let lower = max(start, Int64(delivered))
         var upper = start + Int64(payload.count)
         if let fin = finOffset { upper = min(upper, Int64(fin)) }
+        // A copy of delivered bytes: reported, as those bytes are no longer here to compare with.
+        let repeatedStart = max(start, 0), repeatedEnd = min(upper, Int64(delivered))
+        if repeatedStart < repeatedEnd, let repeated = payload.slice(Int(repeatedStart - start)..<Int(repeatedEnd - start)) {
+            out.append(.conflict(UInt64(repeatedStart), repeated.bytes))
+        }
         guard lower < upper else { return }
-        if pending.isEmpty, lower == Int64(delivered),
+        if pending.isEmpty, lower == Int64(delivered), trust != .failed,
            let fresh = payload.slice(Int(lower - start)..<Int(upper - start))
         {
             emitData(fresh.bytes, into: &out)
@@ -152,31 +176,79 @@ struct HalfStream {
             let mid = (low + high) / 2
             if Int64(pending[mid].end) <= lower { low = mid + 1 } else { high = mid }
         }
-        var index = low
-        var inserts: [(Int, Chunk)] = []
-        while lower < upper {
-            if index < pending.count, Int64(pending[index].offset) <= lower {
-                lower = max(lower, Int64(pending[index].end))
-                index += 1
+        let first = low
+        var last = first  // one past the last chunk overlapping [lower, upper)
+        while last < pending.count, Int64(pending[last].offset) < upper { last += 1 }
+
+        func copy(_ from: Int64, _ to: Int64) -> Chunk? {
+            guard from < to, let piece = payload.slice(Int(from - start)..<Int(to - start)) else { return nil }
+            return Chunk(offset: UInt64(from), bytes: piece.bytes, trust: trust)
+        }
+        /// Where `chunk` and this copy overlap and differ, the losing copy is reported.
+        func compare(_ chunk: Chunk, newCopyWins: Bool) {
+            let from = max(Int64(chunk.offset), lower), to = min(Int64(chunk.end), upper)
+            guard from < to, let piece = payload.slice(Int(from - start)..<Int(to - start)) else { return }
+            let existing = chunk.bytes[Int(from - Int64(chunk.offset))..<Int(to - Int64(chunk.offset))]
+            let fresh = piece.bytes
+            guard !fresh.elementsEqual(existing) else { return }
+            out.append(.conflict(UInt64(from), newCopyWins ? Array(existing) : fresh))
+        }
+        // Nothing overlapping, or nothing this copy beats: insert the uncovered parts only
+        // (no buffered byte is copied).
+        if !pending[first..<last].contains(where: { $0.trust < trust }) {
+            var inserts: [(Int, Chunk)] = []
+            var cursor = lower
+            for index in first..<last {
+                let chunk = pending[index]
+                if let piece = copy(cursor, min(upper, Int64(chunk.offset))) { inserts.append((index, piece)) }
+                compare(chunk, newCopyWins: false)
+                cursor = max(cursor, Int64(chunk.end))
+            }
+            if let piece = copy(cursor, upper) { inserts.append((last, piece)) }
+            // Back to front so earlier insertion indices stay valid.
+            for (position, chunk) in inserts.reversed() {
+                pending.insert(chunk, at: position)
+                pendingBytes += chunk.bytes.count
+            }
+            return
+        }
+        // Rebuild the overlapped region: each position keeps the better copy.
+        var rebuilt: [Chunk] = []
+        var cursor = lower
+        for index in first..<last {
+            let chunk = pending[index]
+            pendingBytes -= chunk.bytes.count
+            if let piece = copy(cursor, min(upper, Int64(chunk.offset))) { rebuilt.append(piece) }
+            guard chunk.trust < trust else {
+                compare(chunk, newCopyWins: false)
+                rebuilt.append(chunk)
+                cursor = max(cursor, Int64(chunk.end))
                 continue
             }
-            let stop = index < pending.count ? min(upper, Int64(pending[index].offset)) : upper
-            guard let piece = payload.slice(Int(lower - start)..<Int(stop - start)) else { return }
-            inserts.append((index, Chunk(offset: UInt64(lower), bytes: piece.bytes)))
-            lower = stop
+            compare(chunk, newCopyWins: true)
+            let overlapStart = max(Int64(chunk.offset), lower), overlapEnd = min(Int64(chunk.end), upper)
+            if Int64(chunk.offset) < overlapStart {
+                rebuilt.append(Chunk(offset: chunk.offset, bytes: Array(chunk.bytes[..<Int(overlapStart - Int64(chunk.offset))]),
+                                     trust: chunk.trust))
+            }
+            if let piece = copy(overlapStart, overlapEnd) { rebuilt.append(piece) }
+            if overlapEnd < Int64(chunk.end) {
+                rebuilt.append(Chunk(offset: UInt64(overlapEnd), bytes: Array(chunk.bytes[Int(overlapEnd - Int64(chunk.offset))...]),
+                                     trust: chunk.trust))
+            }
+            cursor = max(cursor, Int64(chunk.end))
         }
-        // Back to front so earlier insertion indices stay valid.
-        for (position, chunk) in inserts.reversed() {
-            pending.insert(chunk, at: position)
-            pendingBytes += chunk.bytes.count
-        }
+        if let piece = copy(cursor, upper) { rebuilt.append(piece) }
+        pendingBytes += rebuilt.reduce(0) { $0 + $1.bytes.count }
+        pending.replaceSubrange(first..<last, with: rebuilt)
     }
 
-    /// Hands out every chunk that is now contiguous with `delivered`, coalescing them.
+    /// Hands out every chunk that is now contiguous with `delivered`, coalescing them, up to
+    /// the first candidate.
     private mutating func drain(into out: inout [Output]) {
         var consumed = 0
         for chunk in pending {
-            guard chunk.offset <= delivered else { break }
+            guard chunk.offset <= delivered, !chunk.isCandidate || chunk.end <= delivered else { break }
             consumed += 1
             pendingBytes -= chunk.bytes.count
             guard chunk.end > delivered else { continue }
@@ -186,9 +258,26 @@ struct HalfStream {
         pending.removeFirst(consumed)
     }
 
-    /// Declares every hole before `target` lost, delivering the buffered data between.
+    /// Declares every hole before `target` lost, delivering the buffered data between; before
+    /// `target`, candidate bytes fill what no other copy did.
     private mutating func skipHoles(upTo target: UInt64, into out: inout [Output]) {
         while delivered < target {
+            if let first = pending.first, first.offset <= delivered {
+                if first.isCandidate {
+                    // The only copy of these bytes: better than a gap. Up to `target` only.
+                    let end = min(first.end, target)
+                    if end > delivered {
+                        emitData(first.bytes[Int(delivered - first.offset)..<Int(end - first.offset)], into: &out)
+                        delivered = end
+                    }
+                    if first.end <= delivered {
+                        pending.removeFirst()
+                        pendingBytes -= first.bytes.count
+                    }
+                }
+                drain(into: &out)
+                continue
+            }
             let next = min(pending.first?.offset ?? target, target)
             if next > delivered {
                 out.append(.gap(next - delivered))
@@ -207,7 +296,7 @@ struct HalfStream {
     /// filled in any reasonable time: give it up, oldest hole first.
     private mutating func enforceLimits(into out: inout [Output]) {
         while pendingBytes > maxBufferedBytes || pending.count > maxBufferedChunks, let first = pending.first {
-            skipHoles(upTo: first.offset, into: &out)
+            skipHoles(upTo: first.end, into: &out)
             drain(into: &out)
         }
     }

@@ -3,12 +3,25 @@
 /// Pure: packets in, events out, no I/O, so it is tested with synthetic packets. Only
 /// TCP segments with `serverPort` on one side are considered. Memory is bounded by the
 /// out-of-order data of open connections (at most `maxBufferedPerDirection` bytes per
-/// direction) plus a small record per recently closed connection.
+/// direction) plus a small record per tracked connection, and at most `maxConnections`
+/// connections (open, or recently closed) are tracked.
+///
+/// When a new connection would exceed `maxConnections`, one is evicted, in this order:
+/// the record of a closed connection (kept only to recognise its late packets), oldest
+/// closed first; then the least recently active connection whose client never acknowledged
+/// anything (a lone SYN: a flood with forged sources); then the least recently active
+/// established one without payload; then the least recently active one with payload. An evicted
+/// open connection has its holes reported as gaps and its buffered data delivered, then
+/// `.evicted`; its later packets open a new connection (without its start).
 ///
 /// Rules, in short (details on `HalfStream`):
 /// - Client: the sender of the SYN; without SYN, the receiver of a SYN-ACK, else the side
 ///   not on `serverPort`, else (both on it) the lower address.
-/// - Each byte is delivered once, in order; for overlapping copies the first received wins.
+/// - Each byte is delivered once, in order. Overlapping copies: a copy whose TCP checksum
+///   verifies beats one that cannot be verified (offloaded, snapped), which beats one whose
+///   checksum fails; among equals the first received wins (`HalfStream`, `SegmentTrust`).
+///   A segment whose checksum fails is only a candidate: its bytes are delivered only if
+///   no other copy of them arrives before the hole would be given up.
 /// - A hole becomes a `.gap` once the peer ACKs past it, on RST, when out-of-order data
 ///   exceeds the cap, when a new SYN reuses the 4-tuple, or at `finish`.
 /// - A client SYN with a new ISN on a known 4-tuple starts a new connection instance.
@@ -17,7 +30,14 @@
 public final class TCPReassembler {
     public let serverPort: UInt16
     public let maxBufferedPerDirection: Int
+    /// Most connections tracked at once (open or recently closed); at least 1.
+    public let maxConnections: Int
     public private(set) var statistics = CaptureStatistics()
+
+    /// decrypt-log's `--max-connections` default: ~40 MB of state in the worst case (each
+    /// tracked connection costs a few hundred bytes here and in decrypt-log), far more
+    /// connections than one server keeps open.
+    public static let defaultMaxConnections = 65536
 
     /// Both endpoints of a connection, in a canonical order so both directions of a
     /// connection find the same entry.
@@ -29,42 +49,88 @@ public final class TCPReassembler {
         }
     }
 
+    /// Which eviction list a connection is on, first evicted first: closed records, then
+    /// connections whose client never acknowledged anything (a lone SYN: a flood with forged
+    /// sources), then established ones without payload, then those that carried payload.
+    private enum Tier: UInt8, CaseIterable, Comparable {
+        case closed, halfOpen, established, active
+        static func < (a: Tier, b: Tier) -> Bool { a.rawValue < b.rawValue }
+    }
+
     private final class Connection {
         let key: ConnectionKey
+        let pair: FlowPair
         let client: FlowEndpoint
         /// The client's SYN sequence number, to tell a retransmitted SYN from a new connection.
         let clientSYN: UInt32?
         var toServer: HalfStream
         var toClient: HalfStream
-        var closedAt: CaptureTimestamp?
+        /// Capture time of the last segment, or of the close once finished.
+        var lastActivity: CaptureTimestamp
+        var tier = Tier.halfOpen
+        /// Links of the tier's list, least recently active first. Unowned: `connections` owns
+        /// the connection, and a strong chain would free a long list recursively.
+        unowned(unsafe) var newer: Connection?
+        unowned(unsafe) var older: Connection?
 
-        init(key: ConnectionKey, client: FlowEndpoint, clientSYN: UInt32?, maxBuffered: Int) {
+        init(key: ConnectionKey, pair: FlowPair, client: FlowEndpoint, clientSYN: UInt32?, maxBuffered: Int,
+             at timestamp: CaptureTimestamp)
+        {
             self.key = key
+            self.pair = pair
             self.client = client
             self.clientSYN = clientSYN
             toServer = HalfStream(maxBufferedBytes: maxBuffered)
             toClient = HalfStream(maxBufferedBytes: maxBuffered)
+            lastActivity = timestamp
         }
 
         var isFinished: Bool { toServer.isClosed && toClient.isClosed }
     }
 
+    /// A tier's connections, least recently active (or, closed, earliest closed) first.
+    private struct ConnectionList {
+        unowned(unsafe) var oldest: Connection?
+        unowned(unsafe) var newest: Connection?
+        var count = 0
+
+        mutating func append(_ connection: Connection) {
+            connection.older = newest
+            connection.newer = nil
+            if let newest { newest.newer = connection } else { oldest = connection }
+            newest = connection
+            count += 1
+        }
+
+        mutating func remove(_ connection: Connection) {
+            if let older = connection.older { older.newer = connection.newer } else { oldest = connection.newer }
+            if let newer = connection.newer { newer.older = connection.older } else { newest = connection.older }
+            connection.older = nil
+            connection.newer = nil
+            count -= 1
+        }
+    }
+
     private var connections: [FlowPair: Connection] = [:]
-    private var finishedCount = 0
-    private var purgeThreshold = TCPReassembler.minimumPurgeThreshold
+    private var lists = [ConnectionList](repeating: ConnectionList(), count: Tier.allCases.count)
     private var lastTimestamp = CaptureTimestamp.zero
     private var output: [HalfStream.Output] = []
 
     /// Finished connections are remembered so their late packets (final ACK, retransmitted
     /// FIN) do not open a new connection, and forgotten once older than twice Linux's
-    /// TIME_WAIT, when such packets can no longer appear.
-    private static let minimumPurgeThreshold = 4096
+    /// TIME_WAIT, when such packets can no longer appear (or sooner, at the limit).
     private static let finishedRetentionSeconds: Int64 = 120
 
-    public init(serverPort: UInt16, maxBufferedPerDirection: Int = 4 << 20) {
+    public init(serverPort: UInt16, maxBufferedPerDirection: Int = 4 << 20,
+                maxConnections: Int = TCPReassembler.defaultMaxConnections)
+    {
         self.serverPort = serverPort
         self.maxBufferedPerDirection = max(1, maxBufferedPerDirection)
+        self.maxConnections = max(1, maxConnections)
     }
+
+    /// Connections tracked now (open, or closed and remembered); never above `maxConnections`.
+    public var trackedConnections: Int { connections.count }
 
     /// Feeds one captured packet. `packet` is the captured frame starting at the link
     /// header of `linkType` (a DLT_* value, as `CaptureFileReader.linkType`), and
@@ -87,7 +153,16 @@ public final class TCPReassembler {
             }
             statistics.tcpSegments += 1
             if segment.payload.count < segment.declaredPayloadLength { statistics.snapTruncatedSegments += 1 }
-            handle(segment, at: timestamp, emit: emit)
+            switch segment.trust {
+            case .verified: statistics.checksumVerified += 1
+            case .unverifiable: statistics.checksumUnverifiable += 1
+            case .failed: statistics.checksumFailed += 1
+            }
+            if segment.trust == .failed {
+                offerCandidate(segment, at: timestamp, emit: emit)
+            } else {
+                handle(segment, at: timestamp, emit: emit)
+            }
         }
     }
 
@@ -109,9 +184,8 @@ public final class TCPReassembler {
         for connection in open {
             abandon(connection, closing: false, at: lastTimestamp, emit: emit)
         }
+        for connection in connections.values { lists[Int(connection.tier.rawValue)].remove(connection) }
         connections = [:]
-        finishedCount = 0
-        purgeThreshold = Self.minimumPurgeThreshold
     }
 
     // MARK: - Connection tracking
@@ -128,6 +202,7 @@ public final class TCPReassembler {
             // A SYN with a new ISN on a known 4-tuple: the port pair was reused for a new
             // connection, whether or not the old one was seen closing.
             if !existing.isFinished { abandon(existing, closing: false, at: timestamp, emit: emit) }
+            forget(existing)
             connection = nil
         }
 
@@ -135,12 +210,17 @@ public final class TCPReassembler {
         if let connection {
             current = connection
         } else {
-            current = open(segment, isClientSYN: isClientSYN, at: timestamp, emit: emit)
+            while connections.count >= maxConnections, evictOne(at: timestamp, emit: emit) {}
+            current = open(segment, pair: pair, isClientSYN: isClientSYN, at: timestamp, emit: emit)
             connections[pair] = current
+            lists[Int(Tier.halfOpen.rawValue)].append(current)
+            statistics.peakTrackedConnections = max(statistics.peakTrackedConnections, connections.count)
         }
         guard !current.isFinished else { return }  // late packet of a closed connection
-
         let fromClient = segment.source == current.client
+        touch(current, tier: !segment.payload.isEmpty ? .active : fromClient && flags.contains(.ack) ? .established : .halfOpen,
+              at: timestamp)
+
         let direction: StreamDirection = fromClient ? .clientToServer : .serverToClient
         // SYN occupies one sequence number before the first data byte.
         var dataSequence = segment.sequence
@@ -153,11 +233,11 @@ public final class TCPReassembler {
         if fromClient {
             current.toServer.receive(sequence: dataSequence, payload: segment.payload,
                                      declaredLength: segment.declaredPayloadLength,
-                                     fin: flags.contains(.fin), into: &output)
+                                     fin: flags.contains(.fin), trust: segment.trust, into: &output)
         } else {
             current.toClient.receive(sequence: dataSequence, payload: segment.payload,
                                      declaredLength: segment.declaredPayloadLength,
-                                     fin: flags.contains(.fin), into: &output)
+                                     fin: flags.contains(.fin), trust: segment.trust, into: &output)
         }
         report(current.key, direction, at: timestamp, emit: emit)
 
@@ -178,7 +258,28 @@ public final class TCPReassembler {
         if current.isFinished { markFinished(current, at: timestamp) }
     }
 
-    private func open(_ segment: TCPSegment, isClientSYN: Bool, at timestamp: CaptureTimestamp,
+    /// A segment whose checksum failed: a receiver would have dropped it, so it opens no
+    /// connection, and its flags and acknowledgment are ignored (a forged RST, FIN or SYN
+    /// must not end or replace a connection). Its payload is offered to an open connection
+    /// as candidate bytes (`HalfStream`).
+    private func offerCandidate(_ segment: TCPSegment, at timestamp: CaptureTimestamp, emit: (CaptureEvent) -> Void) {
+        guard !segment.payload.isEmpty, let current = connections[FlowPair(segment.source, segment.destination)],
+              !current.isFinished
+        else { return }
+        let fromClient = segment.source == current.client
+        let dataSequence = segment.flags.contains(.syn) ? segment.sequence &+ 1 : segment.sequence
+        output.removeAll(keepingCapacity: true)
+        if fromClient {
+            current.toServer.receive(sequence: dataSequence, payload: segment.payload,
+                                     declaredLength: segment.declaredPayloadLength, fin: false, trust: .failed, into: &output)
+        } else {
+            current.toClient.receive(sequence: dataSequence, payload: segment.payload,
+                                     declaredLength: segment.declaredPayloadLength, fin: false, trust: .failed, into: &output)
+        }
+        report(current.key, fromClient ? .clientToServer : .serverToClient, at: timestamp, emit: emit)
+    }
+
+    private func open(_ segment: TCPSegment, pair: FlowPair, isClientSYN: Bool, at timestamp: CaptureTimestamp,
                       emit: (CaptureEvent) -> Void) -> Connection
     {
         let client: FlowEndpoint
@@ -197,8 +298,8 @@ public final class TCPReassembler {
         let key = ConnectionKey(client: client.endpoint, server: server.endpoint, instance: statistics.connections)
         statistics.connections += 1
         emit(.opened(key, sawStart: isClientSYN, at: timestamp))
-        return Connection(key: key, client: client, clientSYN: isClientSYN ? segment.sequence : nil,
-                          maxBuffered: maxBufferedPerDirection)
+        return Connection(key: key, pair: pair, client: client, clientSYN: isClientSYN ? segment.sequence : nil,
+                          maxBuffered: maxBufferedPerDirection, at: timestamp)
     }
 
     /// Ends both directions: holes become gaps, buffered data is delivered, and each
@@ -222,22 +323,54 @@ public final class TCPReassembler {
             case .data(let bytes): emit(.data(key, direction, bytes, at: timestamp))
             case .gap(let count): emit(.gap(key, direction, missingBytes: count, at: timestamp))
             case .closed: emit(.closed(key, direction, at: timestamp))
+            case .conflict(let offset, let bytes): emit(.conflict(key, direction, offset: offset, bytes: bytes, at: timestamp))
             }
         }
         output.removeAll(keepingCapacity: true)
     }
 
-    private func markFinished(_ connection: Connection, at timestamp: CaptureTimestamp) {
-        guard connection.closedAt == nil else { return }
-        connection.closedAt = timestamp
-        finishedCount += 1
-        guard finishedCount > purgeThreshold else { return }
-        let horizon = timestamp.seconds - Self.finishedRetentionSeconds
-        connections = connections.filter { _, entry in
-            guard let closedAt = entry.closedAt else { return true }
-            return closedAt.seconds >= horizon
+    /// A segment of `connection` was seen: it becomes the most recently active of its tier,
+    /// moving up to `reached` (the tier this segment shows it reached) if that is higher.
+    private func touch(_ connection: Connection, tier reached: Tier, at timestamp: CaptureTimestamp) {
+        connection.lastActivity = max(connection.lastActivity, timestamp)
+        let tier = max(reached, connection.tier)
+        guard connection.tier != tier || lists[Int(tier.rawValue)].newest !== connection else { return }
+        lists[Int(connection.tier.rawValue)].remove(connection)
+        connection.tier = tier
+        lists[Int(tier.rawValue)].append(connection)
+    }
+
+    private func forget(_ connection: Connection) {
+        lists[Int(connection.tier.rawValue)].remove(connection)
+        connections[connection.pair] = nil
+    }
+
+    /// Makes room for one connection (see the type's documentation for the order). False if
+    /// nothing is tracked.
+    private func evictOne(at timestamp: CaptureTimestamp, emit: (CaptureEvent) -> Void) -> Bool {
+        for tier in Tier.allCases {
+            guard let victim = lists[Int(tier.rawValue)].oldest else { continue }
+            forget(victim)
+            if tier != .closed {
+                statistics.evictedConnections += 1
+                abandon(victim, closing: false, at: timestamp, emit: emit)
+                emit(.evicted(victim.key, idleSince: victim.lastActivity, at: timestamp))
+            }
+            return true
         }
-        finishedCount = connections.values.count { $0.closedAt != nil }
-        purgeThreshold = max(Self.minimumPurgeThreshold, 2 * finishedCount)
+        return false
+    }
+
+    private func markFinished(_ connection: Connection, at timestamp: CaptureTimestamp) {
+        guard connection.tier != .closed else { return }
+        lists[Int(connection.tier.rawValue)].remove(connection)
+        connection.tier = .closed
+        connection.lastActivity = max(connection.lastActivity, timestamp)
+        lists[Int(Tier.closed.rawValue)].append(connection)
+        // Closed records in closing order: forget those past the retention horizon.
+        let horizon = timestamp.seconds - Self.finishedRetentionSeconds
+        while let oldest = lists[Int(Tier.closed.rawValue)].oldest, oldest.lastActivity.seconds < horizon {
+            forget(oldest)
+        }
     }
 }

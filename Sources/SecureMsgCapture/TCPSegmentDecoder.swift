@@ -1,3 +1,19 @@
+/// What a segment's TCP checksum says about its bytes, in order of preference when copies
+/// of the same stream bytes disagree.
+enum SegmentTrust: UInt8, Comparable {
+    /// The checksum does not match: damaged, or forged by someone who did not bother (a
+    /// receiver would have dropped it). Its bytes are only a candidate (`HalfStream`).
+    case failed = 0
+    /// Nothing to check: the checksum was left to the NIC (0, or the pseudo-header sum alone,
+    /// which is what every packet sent over loopback carries), the capture cut the segment
+    /// (snap length), or a TSO super-packet whose IP length is 0.
+    case unverifiable = 1
+    /// The checksum matches the whole segment and its IPv4/IPv6 pseudo-header.
+    case verified = 2
+
+    static func < (a: SegmentTrust, b: SegmentTrust) -> Bool { a.rawValue < b.rawValue }
+}
+
 /// A TCP segment pulled out of one captured packet.
 struct TCPSegment {
     struct Flags: OptionSet {
@@ -18,6 +34,7 @@ struct TCPSegment {
     /// Payload length according to the IP header. Larger than `payload.count` only when
     /// the capture's snap length cut the packet.
     var declaredPayloadLength: Int
+    var trust: SegmentTrust
 }
 
 /// IPv4 / IPv6 / TCP header parsing. Lengths in headers are never trusted: each is
@@ -60,8 +77,11 @@ enum TCPSegmentDecoder {
         guard let body = ipBody(packet, headerLength: headerLength, declaredEnd: declared, snapped: snapped) else {
             return .malformed
         }
+        // Pseudo-header (RFC 793): addresses, protocol 6; the TCP length is added by decodeTCP.
+        let pseudo = (source >> 16) &+ (source & 0xFFFF) &+ (destination >> 16) &+ (destination & 0xFFFF) &+ 6
         return decodeTCP(body.captured, declaredLength: body.declaredLength,
-                         source: IPAddress(ipv4: source), destination: IPAddress(ipv4: destination))
+                         source: IPAddress(ipv4: source), destination: IPAddress(ipv4: destination),
+                         pseudoHeaderSum: totalLength == 0 ? nil : pseudo)
     }
 
     private static func decodeIPv6(_ packet: ByteView, snapped: Bool) -> Result {
@@ -75,6 +95,7 @@ enum TCPSegmentDecoder {
         // Payload length 0: a jumbogram or a TSO super-packet; trust the captured bytes.
         let declaredEnd = payloadLength == 0 ? packet.count : 40 + payloadLength
         var offset = 40
+        var sawRouting = false
         // Walk the extension headers. Each one moves `offset` forward by at least 8, so
         // the walk ends; the bound only stops absurd chains early.
         for _ in 0..<16 {
@@ -83,11 +104,19 @@ enum TCPSegmentDecoder {
                 guard offset <= declaredEnd,
                       let body = ipBody(packet, headerLength: offset, declaredEnd: declaredEnd, snapped: snapped)
                 else { return .malformed }
+                // Pseudo-header (RFC 8200 8.1): addresses, next header 6; decodeTCP adds the length.
+                // With a routing header the destination would be the final one: not checked then.
+                var pseudo: UInt32 = 6
+                for word in [sourceHigh, sourceLow, destinationHigh, destinationLow] {
+                    for shift: UInt64 in [0, 16, 32, 48] { pseudo &+= UInt32(truncatingIfNeeded: word >> shift & 0xFFFF) }
+                }
                 return decodeTCP(body.captured, declaredLength: body.declaredLength,
                                  source: IPAddress(ipv6High: sourceHigh, low: sourceLow),
-                                 destination: IPAddress(ipv6High: destinationHigh, low: destinationLow))
+                                 destination: IPAddress(ipv6High: destinationHigh, low: destinationLow),
+                                 pseudoHeaderSum: payloadLength == 0 || sawRouting ? nil : pseudo)
             case 0, 43, 60:  // hop-by-hop, routing, destination options: (length + 1) * 8
                 guard let next = packet.u8(offset), let length = packet.u8(offset + 1) else { return .malformed }
+                if nextHeader == 43 { sawRouting = true }
                 nextHeader = next
                 offset += (Int(length) + 1) * 8
             case 51:  // authentication header: (length + 2) * 4
@@ -121,8 +150,10 @@ enum TCPSegmentDecoder {
         return (captured, declaredEnd - headerLength)
     }
 
+    /// `pseudoHeaderSum`: the pseudo-header's addresses and protocol summed as 16-bit words
+    /// (unfolded), or nil when the checksum cannot be checked (TSO, IPv6 routing header).
     private static func decodeTCP(_ segment: ByteView, declaredLength: Int,
-                                  source: IPAddress, destination: IPAddress) -> Result
+                                  source: IPAddress, destination: IPAddress, pseudoHeaderSum: UInt32?) -> Result
     {
         guard let sourcePort = segment.u16(0), let destinationPort = segment.u16(2),
               let sequence = segment.u32(4), let acknowledgment = segment.u32(8),
@@ -140,6 +171,26 @@ enum TCPSegmentDecoder {
             acknowledgment: acknowledgment,
             flags: TCPSegment.Flags(rawValue: flagByte),
             payload: payload,
-            declaredPayloadLength: declaredLength - headerLength))
+            declaredPayloadLength: declaredLength - headerLength,
+            trust: trust(segment, declaredLength: declaredLength, pseudoHeaderSum: pseudoHeaderSum)))
+    }
+
+    /// Checks the TCP checksum where the capture allows it: the whole segment captured (not cut
+    /// by the snap length) and the checksum not left to the NIC. An offloaded checksum (the
+    /// packet was captured on its way out, before the NIC or the loopback "device" filled it in)
+    /// holds 0 or the folded pseudo-header sum, with the TCP length or, for TSO, without it.
+    static func trust(_ segment: ByteView, declaredLength: Int, pseudoHeaderSum: UInt32?) -> SegmentTrust {
+        guard let pseudoHeaderSum, segment.count == declaredLength, declaredLength <= 0xFFFF,
+              let field = segment.u16(16)
+        else { return .unverifiable }
+        let withLength = pseudoHeaderSum &+ UInt32(declaredLength)
+        if segment.onesComplementSum(adding: withLength) == 0xFFFF { return .verified }
+        if field == 0 { return .unverifiable }
+        let partial = ByteView.fold(withLength), partialWithoutLength = ByteView.fold(pseudoHeaderSum)
+        // 0 and 0xFFFF are the same number in one's complement.
+        for sum in [partial, partialWithoutLength] where field == sum || (sum == 0 && field == 0xFFFF) {
+            return .unverifiable
+        }
+        return .failed
     }
 }

@@ -99,6 +99,16 @@ public final class FrameOpener {
         precondition(frame.count == Wire.lengthFieldSize + length)
         let sequence = nextSequence
         nextSequence += 1
+        return try open(frame: frame, sequence: sequence)
+    }
+
+    /// Opens one whole frame as frame number `sequence`, leaving `nextSequence` alone: an observer
+    /// trying another copy of the bytes of a frame it already counted. Same checks as `open(frame:)`.
+    public func open(frame: UnsafeRawBufferPointer, sequence: UInt64) throws(ProtocolError) -> (type: FrameType, sequence: UInt64, plaintext: [UInt8]) {
+        guard frame.count >= Wire.lengthFieldSize else { throw .malformedFrame }
+        let length = Int(loadBigEndian(frame.baseAddress!))
+        try Self.validateLength(length)
+        guard frame.count == Wire.lengthFieldSize + length else { throw .malformedFrame }
 
         let tagStart = frame.count - Wire.tagLength
         var expected = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))

@@ -105,6 +105,17 @@ public final class Observer {
         }
     }
 
+    /// Opens `frame` (a whole frame, length field included) as frame `sequence` of `direction`, without
+    /// changing the observer: another copy of the bytes of a frame that failed authentication (a capture
+    /// may hold differing copies of the same stream bytes). Nil before the keys are known, or if this
+    /// copy does not authenticate either.
+    public func openAgain(_ direction: Direction, frame: UnsafeRawBufferPointer, sequence: UInt64) -> (type: FrameType, plaintext: [UInt8])? {
+        guard let opener = openers[direction],
+              let opened = try? opener.open(frame: frame, sequence: sequence)
+        else { return nil }
+        return (opened.type, opened.plaintext)
+    }
+
     public func receive(_ direction: Direction, _ bytes: [UInt8]) throws(ProtocolError) -> [Event] {
         try withBytes(bytes) { (b) throws(ProtocolError) -> [Event] in try receive(direction, b) }
     }

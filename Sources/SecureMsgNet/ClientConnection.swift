@@ -120,7 +120,7 @@ public final class ClientConnection: @unchecked Sendable {
             channel = try bootstrap.connect(host: options.host, port: options.port).wait()
         } catch {
             try? ownedGroup?.syncShutdownGracefully()
-            throw .connect("cannot connect to \(options.host):\(options.port): \(describeConnectError(error))")
+            throw .connect("cannot connect to \(formatHostPort(options.host, options.port)): \(describeConnectError(error))")
         }
         let channel = self.channel
         guard let handler = created.withLockedValue({ $0 }) else { throw .connectionLost }
@@ -222,14 +222,7 @@ public final class ClientConnection: @unchecked Sendable {
 /// Whole seconds of a timeout, for messages.
 func seconds(_ amount: TimeAmount) -> Int64 { amount.nanoseconds / 1_000_000_000 }
 
-private func describeConnectError(_ error: Error) -> String {
-    if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
-    if error is ChannelError { return "\(error)" }
-    let text = "\(error)"
-    if text.contains("connectTimeout") { return "connect timeout" }
-    if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
-    return text
-}
+private func describeConnectError(_ error: Error) -> String { plainDescription(of: error) }
 
 /// Drives the client `Session`. Two threads use it: the event loop (reads, ACKs, timers, the DISCONNECT
 /// exchange) and the sending thread, which seals its own DATA frames (`sendFromAnyThread`) so that

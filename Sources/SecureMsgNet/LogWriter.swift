@@ -52,7 +52,8 @@ public final class LogWriter: @unchecked Sendable {
     /// Opens the log (append, create with the log mode, no symlink unless allowed) at once so a bad
     /// path fails at startup, not at the first message. `diagnostics` must not block (serve's queue).
     public init(logPath: String?, logOptions: LogFileOptions = LogFileOptions(), sync: SyncPolicy, echoToStdout: Bool,
-                escapeEcho: Bool = false, diagnostics: @escaping @Sendable (String) -> Void) throws {
+                escapeEcho: Bool = false, metrics: ServerMetrics? = nil, diagnostics: @escaping @Sendable (String) -> Void) throws {
+        self.metrics = metrics
         self.logPath = logPath
         self.logOptions = logOptions
         self.sync = sync
@@ -179,9 +180,17 @@ public final class LogWriter: @unchecked Sendable {
         return false
     }
 
+    /// Records submitted and not yet taken by the writer thread (--metrics).
+    public var queueDepth: Int { queued.load(ordering: .relaxed) }
+
+    private let metrics: ServerMetrics?
+
     private func syncLog() -> Bool {
         guard logFD >= 0 else { return true }
-        if fdatasync(logFD) == 0 { return true }
+        let started = metrics == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        let synced = fdatasync(logFD) == 0
+        if let metrics { metrics.synced(seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9) }
+        if synced { return true }
         diagnostics("log file \(logPath ?? ""): fdatasync failed: \(String(cString: strerror(errno)))")
         return false
     }

@@ -67,7 +67,7 @@ struct WallClock: Sendable {
 public final class SecureServer: Sendable {
     private let shared: ServerShared
     private let group: MultiThreadedEventLoopGroup
-    private let listener = NIOLockedValueBox<Channel?>(nil)
+    private let listeners = NIOLockedValueBox<[Channel]>([])
 
     public init(configuration: ServerConfiguration) throws {
         var configuration = configuration
@@ -86,6 +86,7 @@ public final class SecureServer: Sendable {
         let writer = try LogWriter(
             logPath: configuration.logPath, logOptions: configuration.logFile, sync: configuration.sync,
             echoToStdout: configuration.echoToStdout, escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
+            metrics: configuration.metrics,
             diagnostics: { diagnostics.line($0.hasPrefix("securemsg serve: ") ? $0 : "securemsg serve: \($0)") })
         shared = ServerShared(configuration: configuration, writer: writer, diagnostics: diagnostics, keyLog: keyLog)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
@@ -119,12 +120,14 @@ public final class SecureServer: Sendable {
                 // Refusals cost a lock and a counter; their stderr lines are rate-limited (see `refusals`).
                 let source = sourceAddress(channel.remoteAddress)
                 guard let slot = shared.sources.acquire(source) else {
+                    shared.configuration.metrics?.refused("per_source_limit")
                     shared.refusals.report(
                         "per-source",
                         "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: \(shared.configuration.maxUnauthenticatedPerSource) connections from \(source) not yet authenticated (--max-unauthenticated-per-source)")
                     return refuse(channel, .rateLimited, "rate limited: too many connections from your address")
                 }
                 guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
+                    shared.configuration.metrics?.refused("connection_limit")
                     shared.refusals.report(
                         "connection limit",
                         "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
@@ -135,17 +138,37 @@ public final class SecureServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id, sourceSlot: slot))
                 }
             }
-        let channel: Channel
-        do {
-            channel = try bootstrap.bind(host: shared.configuration.host, port: shared.configuration.port).wait()
-        } catch {
-            throw ServerError.bind("cannot listen on \(shared.configuration.host):\(shared.configuration.port): \(error)")
+        var channels: [Channel] = []
+        if shared.configuration.listeningDescriptors.isEmpty {
+            do {
+                channels = [try bootstrap.bind(host: shared.configuration.host, port: shared.configuration.port).wait()]
+            } catch {
+                throw ServerError.bind(
+                    "cannot listen on \(formatHostPort(shared.configuration.host, shared.configuration.port)): \(plainDescription(of: error))\(bindHint(for: error))")
+            }
+        } else {
+            // Socket activation: the sockets are bound and listening already (SocketActivation).
+            for fd in shared.configuration.listeningDescriptors {
+                do {
+                    channels.append(try bootstrap.withBoundSocket(fd).wait())
+                } catch {
+                    for channel in channels { channel.close(promise: nil) }
+                    throw ServerError.bind("cannot serve passed socket \(fd): \(plainDescription(of: error))")
+                }
+            }
         }
-        listener.withLockedValue { $0 = channel }
-        let address = channel.localAddress!
-        StandardError.line("listening on \(formatPeer(address))")
-        return address
+        listeners.withLockedValue { $0 = channels }
+        for channel in channels { StandardError.line("listening on \(formatPeer(channel.localAddress))") }
+        return channels[0].localAddress!
     }
+
+    /// The --metrics exposition text, with the gauges read now.
+    public func renderMetrics() -> String {
+        shared.configuration.metrics?.render(openSessions: shared.registry.count, writerQueueDepth: shared.writer.queueDepth) ?? ""
+    }
+
+    /// Where serve listens, as it prints it (`127.0.0.1:5050`, `[::1]:5050`).
+    public var listeningAddresses: [String] { listeners.withLockedValue { $0.map { formatPeer($0.localAddress) } } }
 
     /// SIGHUP: reopen the log file.
     public func reopenLog() { shared.writer.requestReopen() }
@@ -181,7 +204,7 @@ public final class SecureServer: Sendable {
 
     /// Stops accepting, lets every session finish (ACK what is logged, DISCONNECT), flushes the log.
     public func shutdown() {
-        if let channel = listener.withLockedValue({ $0 }) { try? channel.close().wait() }
+        for channel in listeners.withLockedValue({ $0 }) { try? channel.close().wait() }
         for channel in shared.registry.all {
             channel.pipeline.fireUserInboundEventTriggered(ShutdownRequest())
         }
@@ -198,7 +221,8 @@ public final class SecureServer: Sendable {
     }
 
     /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log and reloads the keyring.
-    public func runUntilSignalled() {
+    /// `notifier` tells a service manager RELOADING=1 / READY=1 around SIGHUP and STOPPING=1 (SystemdNotifier).
+    public func runUntilSignalled(notifier: SystemdNotifier? = nil) {
         let done = DispatchSemaphore(value: 0)
         let queue = DispatchQueue(label: "securemsg-signals")
         var sources: [DispatchSourceSignal] = []
@@ -207,8 +231,10 @@ public final class SecureServer: Sendable {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler { [self] in
                 if sig == SIGHUP {
+                    notifier?.notify(SystemdNotifier.reloadingFields())
                     reopenLog()
                     reloadKeyring()
+                    notifier?.notify(["READY=1"])
                 } else {
                     shared.diagnostics.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")
                     done.signal()
@@ -218,6 +244,7 @@ public final class SecureServer: Sendable {
             sources.append(source)
         }
         done.wait()
+        notifier?.notify(["STOPPING=1"])
         shutdown()
         withExtendedLifetime(sources) {}
     }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import SecureMsgCore
 
@@ -58,6 +59,10 @@ public struct ServerConfiguration: Sendable {
     public var keyLogPath: String?
     /// PING after `interval` of silence from an established client, end the session after `timeout`.
     public var heartbeat = Heartbeat.Configuration()
+    /// Listening sockets passed by a service manager (SocketActivation); when set, host and port are not bound.
+    public var listeningDescriptors: [Int32] = []
+    /// Counters for `--metrics` (nil: not collected).
+    public var metrics: ServerMetrics?
 
     public init(key: PreSharedKey) { self.keys = ServerKeys(key: key) }
     public init(keys: ServerKeys) { self.keys = keys }

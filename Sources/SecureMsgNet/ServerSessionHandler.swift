@@ -127,6 +127,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         do {
             events = try buffer.withUnsafeReadableBytes { bytes in try session.receive(bytes) }
         } catch {
+            if let metrics = shared.configuration.metrics, let error = error as? ProtocolError, error == .keyMismatch || error == .authenticationFailed {
+                metrics.authenticationFailed()
+            }
             flushOutbound()
             fail(String(describing: error))
             return
@@ -138,6 +141,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         updateCharge()
     }
 
+    /// With --metrics: when each frame at the writer arrived (keyed by the offset after its last line),
+    /// for the ACK latency histogram.
+    private var frameArrivals: [UInt64: (at: NIODeadline, lines: Int, bytes: Int)] = [:]
+
     private func handle(_ event: Session.Event) {
         switch event {
         case .helloReceived(let hello):
@@ -146,6 +153,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             handshakeTimer?.cancel()
             handshakeTimer = nil
             authenticated = true
+            shared.configuration.metrics?.sessionStarted()
             sourceSlot.release()
             lastFrameAt = .now()
             armIdleTimer()
@@ -223,7 +231,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         linesReceived += lineCount
-        pendingFrames.append((delivery.firstOffset + UInt64(lineCount), lines, 0))
+        let durableUpTo = delivery.firstOffset + UInt64(lineCount)
+        if shared.configuration.metrics != nil { frameArrivals[durableUpTo] = (.now(), lineCount, lines.count) }
+        pendingFrames.append((durableUpTo, lines, 0))
         pendingPlaintext += lines.count
         framesAtWriter += 1  // from now until its last slice is logged
     }
@@ -320,6 +330,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         if let durableUpTo, !logWriteFailed { session.acknowledge(durableUpTo: durableUpTo) }
+        if let durableUpTo, let metrics = shared.configuration.metrics, let arrival = frameArrivals.removeValue(forKey: durableUpTo) {
+            metrics.acknowledged(lines: arrival.lines, bytes: arrival.bytes,
+                                 seconds: Double((NIODeadline.now() - arrival.at).nanoseconds) / 1e9)
+        }
         formatPending()
         resumeReadingIfAllowed()
         finishDisconnectIfReady()
@@ -482,6 +496,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         if let pause = readPause {
+            if !readSuppressed { shared.configuration.metrics?.backpressureStall() }
             readSuppressed = true
             if pause == "budget" { waitForBudget() }
             return

@@ -14,7 +14,8 @@ import Darwin
 //                or pcapng file read by CaptureFileReader; 2 the rest is packets `link u8, extra u8,
 //                len u16, bytes` (link: index into `linkTypes`; extra != 0: original length len + extra)
 //     bytes 1-2  the server port
-//     byte 3     per-direction buffer cap: 0 the default, else 16 × value bytes
+//     byte 3     bits 0-6: per-direction buffer cap, 0 the default, else 16 × value bytes; bit 7: at most
+//                1 + (bits 0-1) connections tracked (eviction), else the default limit
 
 /// The key and port of fixtures/captures (a test key, never a real one).
 let captureKey = PreSharedKey(bytes: Hex.decode("debf4984804270cefeb2f8ec7885dd3ea853f2ca19b6d34cd28e7ecb79809418")!)
@@ -27,13 +28,16 @@ func fuzzCapture(_ data: [UInt8]) {
     var input = InputReader(data)
     let mode = input.u8() % 3
     let port = UInt16(input.u16())
-    let cap = Int(input.u8())
-    let checker = CaptureChecker(port: port, maxBuffered: cap == 0 ? 4 << 20 : 16 * cap)
+    let limits = input.u8()
+    let cap = Int(limits & 0x7F)
+    let maxConnections = limits & 0x80 != 0 ? 1 + Int(limits & 3) : TCPReassembler.defaultMaxConnections
+    let checker = CaptureChecker(port: port, maxBuffered: cap == 0 ? 4 << 20 : 16 * cap, maxConnections: maxConnections)
     switch mode {
     case 0:
         let packet = input.rest()
         for linkType in linkTypes {
-            let single = CaptureChecker(port: port, maxBuffered: checker.reassembler.maxBufferedPerDirection)
+            let single = CaptureChecker(port: port, maxBuffered: checker.reassembler.maxBufferedPerDirection,
+                                        maxConnections: maxConnections)
             single.ingest(packet[...], linkType: linkType, time: 1, originalLength: nil)
             single.ingest(packet[...], linkType: linkType, time: 2, originalLength: packet.count + 100)
             single.finish()
@@ -109,9 +113,10 @@ final class CaptureChecker {
     private var closed: Set<String> = []
     private var gapped: Set<String> = []
     private var delivered: [String: Int] = [:]
+    private var evicted: Set<Int> = []
 
-    init(port: UInt16, maxBuffered: Int) {
-        reassembler = TCPReassembler(serverPort: port, maxBufferedPerDirection: maxBuffered)
+    init(port: UInt16, maxBuffered: Int, maxConnections: Int = TCPReassembler.defaultMaxConnections) {
+        reassembler = TCPReassembler(serverPort: port, maxBufferedPerDirection: maxBuffered, maxConnections: maxConnections)
     }
 
     func ingest(_ packet: ArraySlice<UInt8>, linkType: Int32, time: Int64, originalLength: Int?) {
@@ -159,6 +164,20 @@ final class CaptureChecker {
             let id = "\(key.instance) \(direction)"
             require(opened[key] != nil && !closed.contains(id), "close for \(id) unopened or twice")
             closed.insert(id)
+        case .conflict(let key, let direction, let offset, let bytes, _):
+            let id = "\(key.instance) \(direction)"
+            require(opened[key] != nil && !closed.contains(id), "conflict for \(id) unopened or after close")
+            require(!bytes.isEmpty && offset < 1 << 33, "conflict of \(bytes.count) bytes at \(offset)")
+        case .evicted(let key, _, _):
+            require(opened[key] != nil && !evicted.contains(key.instance), "eviction of \(key) unopened or twice")
+            require(!(closed.contains("\(key.instance) \(StreamDirection.clientToServer)")
+                      && closed.contains("\(key.instance) \(StreamDirection.serverToClient)")), "eviction of closed \(key)")
+            evicted.insert(key.instance)
+            // Nothing more may come for it: mark both directions closed.
+            closed.insert("\(key.instance) \(StreamDirection.clientToServer)")
+            closed.insert("\(key.instance) \(StreamDirection.serverToClient)")
         }
+        require(reassembler.trackedConnections <= reassembler.maxConnections,
+                "\(reassembler.trackedConnections) connections tracked, limit \(reassembler.maxConnections)")
     }
 }

@@ -25,6 +25,26 @@ enum FuzzTarget: String, CaseIterable, Sendable {
     static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 }
 
+/// `scripts/fuzz` and the regression tests ask the binary for its targets rather than keeping their own
+/// list, so a new case of `FuzzTarget` is fuzzed and replayed without touching either: the fuzzing build
+/// prints them when SECUREMSG_FUZZ_LIST_TARGETS is set (before libFuzzer starts), the replayer with
+/// `--list-targets`. One name per line.
+func printTargetList() {
+    for target in FuzzTarget.allCases { print(target.rawValue) }
+    fflush(nil)
+}
+
+#if FUZZING
+@_cdecl("LLVMFuzzerInitialize")
+public func fuzzInitialize(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
+    if getenv("SECUREMSG_FUZZ_LIST_TARGETS") != nil {
+        printTargetList()
+        exit(0)
+    }
+    return 0
+}
+#endif
+
 /// SECUREMSG_FUZZ_TARGET, read once.
 let environmentTarget: FuzzTarget? = {
     guard let value = getenv("SECUREMSG_FUZZ_TARGET") else { return nil }
@@ -111,10 +131,15 @@ enum Replayer {
             makeSeeds(root: arguments.count > 1 ? arguments[1] : ".")
             return
         }
+        if arguments.first == "--list-targets" {
+            printTargetList()
+            return
+        }
         if arguments.isEmpty || arguments.first == "--help" || arguments.first == "-h" {
             print("""
                 usage: securemsg-fuzz [--target TARGET] FILE|DIR...   replay inputs (TARGET or $SECUREMSG_FUZZ_TARGET)
                        securemsg-fuzz --make-seeds [PACKAGE_ROOT]      write fixtures/fuzz/<target>/ seeds
+                       securemsg-fuzz --list-targets                   the targets, one per line
                 targets: \(FuzzTarget.names)
                 """)
             exit(arguments.isEmpty ? 2 : 0)

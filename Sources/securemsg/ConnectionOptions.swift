@@ -5,7 +5,7 @@ import SecureMsgNet
 
 /// Options shared by the clients (send, repl).
 struct ConnectionOptions: ParsableArguments {
-    @Option(help: "Server address.") var host = "127.0.0.1"
+    @Option(help: "Server address: IPv4, IPv6 (with or without [ ]) or a name.") var host = "127.0.0.1"
     @Option(help: "Server port.") var port = 5050
     @OptionGroup var key: KeyOptions
     @Option(help: "Seconds allowed for connecting and the handshake.") var connectTimeout = 10
@@ -20,6 +20,7 @@ struct ConnectionOptions: ParsableArguments {
     @Flag(help: "Offer forward secrecy and fail unless the server chooses it.") var requireForwardSecrecy = false
 
     func validate() throws {
+        _ = try HostArgument.parse(host)
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
         guard connectTimeout > 0, ackTimeout > 0, disconnectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
@@ -29,7 +30,7 @@ struct ConnectionOptions: ParsableArguments {
         let keyFile = try key.loadKeyFile(createIfMissing: false)
         var options = ClientOptions(key: keyFile.key)
         options.identity = keyFile.identity
-        options.host = host
+        options.host = try HostArgument.parse(host)
         options.port = port
         options.connectTimeout = .seconds(Int64(connectTimeout))
         options.acknowledgementTimeout = .seconds(Int64(ackTimeout))

@@ -14,8 +14,11 @@ struct DecryptLog: ParsableCommand {
             identity=NAME offset=N code=N] TEXT` (text), one JSON object per row (jsonl), or the DATA lines alone \
             (raw). Frames that fail authentication, gaps, connections whose handshake is not in the capture, \
             key mismatches, forward-secret sessions without a key-log line and non-securemsg traffic are \
-            reported on stderr, followed by a summary. Exit status: 0 when everything found was decrypted \
-            and authenticated, 1 otherwise, 2 for bad input (key, key log, unreadable file, not a capture).
+            reported on stderr, followed by a summary. TCP checksums are checked where the capture has \
+            them (not offloaded, not snapped): a segment whose checksum fails is used only where no other \
+            copy of its bytes arrives, and a frame that fails authentication is tried again with any other copy \
+            of its bytes the capture holds. Exit status: 0 when everything found was decrypted \
+            and authenticated, 1 otherwise (also when no connection used --port), 2 for bad input (key, key log, unreadable file, not a capture).
             """)
 
     @OptionGroup var key: KeyOptions
@@ -25,11 +28,16 @@ struct DecryptLog: ParsableCommand {
     @Option(help: "Output format: text, jsonl or raw (DATA lines only).") var format: OutputFormat = .text
     @Option(help: ArgumentHelp("serve's --key-log file: the secrets of forward-secret sessions (owner-only, like a key file).", valueName: "path"))
     var keyLog: String?
+    @Option(help: ArgumentHelp(
+        "Most connections tracked at once (each costs a few hundred bytes); past it the least recently active is evicted: first those whose client never acknowledged anything (a lone SYN), then those without payload.",
+        valueName: "n"))
+    var maxConnections = TCPReassembler.defaultMaxConnections
     @Argument(help: ArgumentHelp("pcap or pcapng files, read in order as one capture; - is stdin.", valueName: "capture"))
     var captures: [String]
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
         guard !captures.isEmpty else { throw ValidationError("give at least one capture file (- for stdin)") }
         guard captures.count(where: { $0 == "-" }) <= 1 else { throw ValidationError("stdin (-) can be read only once") }
     }
@@ -52,8 +60,9 @@ struct DecryptLog: ParsableCommand {
         }
         let sink = OutputSink()
         let decoder = CaptureDecoder(
-            keys: keys, keyLog: secrets, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink)
-        let reassembler = TCPReassembler(serverPort: UInt16(port))
+            keys: keys, keyLog: secrets, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink,
+            maxConnections: maxConnections)
+        let reassembler = TCPReassembler(serverPort: UInt16(port), maxConnections: maxConnections)
         var lastTime = CaptureTimestamp.zero
         files: for path in captures {
             let reader: CaptureFileReader
@@ -90,7 +99,8 @@ struct DecryptLog: ParsableCommand {
                     + (statistics.otherPortSkipped > 0 ? " (\(statistics.otherPortSkipped) TCP on other ports: see --port)" : ""))
         }
         sink.diagnostic(Self.summary(counts))
-        if counts.failures > 0 { throw ExitCode(1) }
+        // Nothing matched --port: most likely the wrong port, not a clean capture; a script must see it.
+        if counts.failures > 0 || counts.connections == 0 { throw ExitCode(1) }
     }
 
     /// The identity → key map: the keyring's identities, and the key file's (explicit, or the default one
@@ -150,6 +160,12 @@ struct DecryptLog: ParsableCommand {
             (c.unknownIdentities, "unknown identity", "unknown identities"),
         ].filter { $0.0 > 0 }.map { "\($0.0) \($0.0 == 1 ? $0.1 : $0.2)" }
         if !parts.isEmpty { text += ": " + parts.joined(separator: ", ") }
+        if c.recovered > 0 {
+            text += "; \(n(c.recovered, "frame")) authenticated with another copy of \(c.recovered == 1 ? "its" : "their") bytes"
+        }
+        if c.evicted > 0 {
+            text += "; \(n(c.evicted, "connection")) evicted at --max-connections (\(c.evictedWithData) with data)"
+        }
         if !c.identities.isEmpty {
             text += "; by identity: " + c.identities.map {
                 "\(KeyText.fieldValue($0.identity)) \(n($0.connections, "connection")) \(n($0.lines, "line"))"

@@ -85,8 +85,8 @@ struct Send: ParsableCommand {
             let seconds = max(Date().timeIntervalSince(started), 1e-6)
             let lines = client.acknowledgedLines
             StandardError.line(String(
-                format: "securemsg send: %d lines (%d bytes) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
-                lines, bytesSent, seconds, Double(lines) / seconds, Double(bytesSent) / seconds / 1e6))
+                format: "securemsg send: %d %@ (%d %@) acknowledged in %.3f s: %.0f lines/s, %.1f MB/s",
+                lines, plural(lines, "line") as NSString, bytesSent, plural(bytesSent, "byte") as NSString, seconds, Double(lines) / seconds, Double(bytesSent) / seconds / 1e6))
         }
     }
 
@@ -102,7 +102,7 @@ struct Send: ParsableCommand {
 
     private func acknowledgedSummary(_ client: ClientConnection) -> String {
         let acknowledged = client.acknowledgedLines, sent = client.sentLines
-        return "\(acknowledged) line\(acknowledged == 1 ? "" : "s") acknowledged" + (sent > acknowledged ? ", \(sent - acknowledged) sent but not acknowledged" : "")
+        return "\(acknowledged) \(plural(acknowledged, "line")) acknowledged" + (sent > acknowledged ? ", \(sent - acknowledged) sent but not acknowledged" : "")
     }
 }
 
@@ -119,7 +119,7 @@ final class ProgressLine: @unchecked Sendable {
         guard now.timeIntervalSince(lastDraw) >= 0.25 else { return }
         lastDraw = now
         drawn = true
-        FileHandle.standardError.write(Data("\r\u{1B}[K\(acknowledged) lines acknowledged".utf8))
+        FileHandle.standardError.write(Data("\r\u{1B}[K\(acknowledged) \(plural(acknowledged, "line")) acknowledged".utf8))
     }
 
     func clear() {
@@ -128,3 +128,6 @@ final class ProgressLine: @unchecked Sendable {
         if drawn { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
     }
 }
+
+/// "1 line", "2 lines": the noun for a count.
+func plural(_ count: Int, _ noun: String) -> String { count == 1 ? noun : noun + "s" }

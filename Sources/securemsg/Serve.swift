@@ -15,20 +15,29 @@ struct Serve: ParsableCommand {
             acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file and reload \
             the keyring (sessions of a removed or re-keyed identity end with DISCONNECT "revoked"). Keys: \
             --key-file (one key, normally shared, empty identity) and/or --keyring (one key per identity); \
-            under systemd, $CREDENTIALS_DIRECTORY/securemsg.key and securemsg.keyring are the defaults.
+            under systemd, $CREDENTIALS_DIRECTORY/securemsg.key and securemsg.keyring are the defaults. \
+            Under systemd: READY=1, RELOADING=1 and STOPPING=1 go to NOTIFY_SOCKET (Type=notify), and \
+            sockets passed with LISTEN_FDS (socket activation) are served instead of --host/--port. \
+            The default log is server_logs.txt in $LOGS_DIRECTORY, else $STATE_DIRECTORY, else the working \
+            directory.
             """)
 
-    @Option(help: "Address to listen on (IPv4 or IPv6).") var host = "127.0.0.1"
+    @Option(help: "Address to listen on: IPv4, IPv6 (with or without [ ]) or a name.") var host = "127.0.0.1"
     @Option(help: "Port (0 picks a free one).") var port = 5050
     @OptionGroup var key: KeyOptions
     @Option(help: ArgumentHelp("Keyring: one key per client identity (`securemsg keyring add`); reloaded on SIGHUP.", valueName: "path"))
     var keyring: String?
-    @Option(help: ArgumentHelp("Log file, appended to.", valueName: "path")) var log = "server_logs.txt"
+    @Option(help: ArgumentHelp(
+        "Log file, appended to; - writes the lines to stdout only. (default: server_logs.txt in $LOGS_DIRECTORY, else $STATE_DIRECTORY, else the working directory)",
+        valueName: "path"))
+    var log: String?
     @Flag(help: "Do not write a log file (stdout only).") var noLog = false
-    @Option(help: ArgumentHelp("Permission bits of the log file, octal: set on a new file and on an existing one serve owns; an existing file owned by someone else with another mode is refused.", valueName: "octal"))
+    @Option(help: ArgumentHelp("Permission bits of the log file, octal: set on a new file and on an existing one serve owns; an existing file owned by someone else with another mode is refused. 0640 lets a log group read it.", valueName: "octal"))
     var logMode = "600"
     @Flag(help: "Open the log path even when it is a symbolic link (by default such a path is refused).") var logFollowSymlinks = false
-    @Flag(name: .shortAndLong, help: "Do not echo received lines to stdout (the log file only).") var quiet = false
+    @Flag(inversion: .prefixedNo, help: "Print each line on stdout too (--no-echo under a journal, which would get every line twice).")
+    var echo = true
+    @Flag(name: .shortAndLong, help: "The same as --no-echo: the log file only.") var quiet = false
     @Option(help: "Output format for stdout and the log: text, jsonl or raw.") var format: OutputFormat = .text
     @Option(help: "When an ACK may be sent: none (after write), batch (after one fdatasync per batch), always (fdatasync per frame).")
     var sync: SyncPolicy = .batch
@@ -47,7 +56,10 @@ struct Serve: ParsableCommand {
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
     @Option(help: "Seconds an ended session has to deliver its last frames before its connection is closed anyway.")
     var closeTimeout = 5
-    @Option(help: "Event loop threads (default: one per two cores).") var threads = ServerConfiguration.defaultThreads
+    @Option(help: ArgumentHelp("Event loop threads (default: one per two cores).", valueName: "n"))
+    var threads: Int?
+    @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics; a port alone listens on 127.0.0.1. (default: off)", valueName: "host:port"))
+    var metrics: String?
     @Option(help: "Seconds without anything from a client before serve sends it a PING.") var heartbeatInterval = 15.0
     @Option(help: "Seconds without anything from a client before serve ends its session (heartbeat timeout).")
     var heartbeatTimeout = 45.0
@@ -58,16 +70,19 @@ struct Serve: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Also log session starts.") var verbose = false
 
     func validate() throws {
+        _ = try HostArgument.parse(host)
+        if let metrics { _ = try ListenAddress.parse(metrics, option: "--metrics") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard (1...Wire.maximumLineLength).contains(maxLineBytes) else {
             throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
         }
-        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, threads > 0, maxUnauthenticatedPerSource > 0,
+        guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, (threads ?? 1) > 0, maxUnauthenticatedPerSource > 0,
               maxLinesPerFrame > 0, maxOutboundKb > 0, maxBufferedMb > 0, closeTimeout > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
         guard let mode = mode_t(logMode, radix: 8), mode <= 0o777 else { throw ValidationError("--log-mode must be octal, 0...777") }
-        _ = mode
+        if mode & 0o002 != 0 { throw ValidationError("--log-mode \(logMode): a log others can write is a log anyone can forge") }
+        if log == "-" && !echoes { throw ValidationError("--log - writes the lines to stdout, which --no-echo turns off") }
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
         if keyLog != nil && !forwardSecrecy {
             throw ValidationError("--key-log needs --forward-secrecy (only forward-secret sessions have key-log lines)")
@@ -102,17 +117,25 @@ struct Serve: ParsableCommand {
         }
     }
 
+    private var echoes: Bool { echo && !quiet }
+
+    /// nil: no log file (--no-log, or --log -, where stdout is the log).
+    var logPath: String? {
+        if noLog || log == "-" { return nil }
+        return log ?? ServiceDirectories.defaultLogPath()
+    }
+
     func run() throws {
         try Self.run("serve") {
             var configuration = ServerConfiguration(keys: try loadKeys())
             configuration.keyringPath = keyringSource?.path
             configuration.keyringIsCredential = keyringSource?.credential ?? false
-            configuration.host = host
+            configuration.host = try HostArgument.parse(host)
             configuration.port = port
-            configuration.logPath = noLog ? nil : log
+            configuration.logPath = logPath
             configuration.logFile.mode = mode_t(logMode, radix: 8)!
             configuration.logFile.followSymlinks = logFollowSymlinks
-            configuration.echoToStdout = !quiet
+            configuration.echoToStdout = echoes
             configuration.maxUnauthenticatedPerSource = maxUnauthenticatedPerSource
             configuration.maxLinesPerFrame = maxLinesPerFrame
             configuration.maxOutboundBytesPerConnection = maxOutboundKb << 10
@@ -125,19 +148,41 @@ struct Serve: ParsableCommand {
             configuration.maxLineLength = maxLineBytes
             configuration.handshakeTimeout = .seconds(Int64(handshakeTimeout))
             configuration.idleTimeout = .seconds(Int64(idleTimeout))
-            configuration.threads = threads
+            configuration.threads = threads ?? ServerConfiguration.defaultThreads
             configuration.verbose = verbose
             configuration.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
             configuration.forwardSecrecy = forwardSecrecy
             configuration.keyLogPath = keyLog
+            do {
+                configuration.listeningDescriptors = try SocketActivation.listeningDescriptors()
+            } catch {
+                throw CommandFailure(message: "\(error)", exitCode: 2)
+            }
+            if metrics != nil { configuration.metrics = ServerMetrics() }
+            let notifier = SystemdNotifier()
             let server: SecureServer
             do {
                 server = try SecureServer(configuration: configuration)
                 try server.start()
             } catch let error as ServerError {
+                notifier.notify(["STATUS=\(error.description)", "ERRNO=1"])
                 throw CommandFailure(message: error.description, exitCode: 1)
             }
-            server.runUntilSignalled()
+            var metricsServer: MetricsServer?
+            if let metrics {
+                let address = try ListenAddress.parse(metrics, option: "--metrics")
+                do {
+                    metricsServer = try MetricsServer(host: address.host, port: address.port) { [server] in server.renderMetrics() }
+                } catch let error as ServerError {
+                    throw CommandFailure(message: error.description, exitCode: 1)
+                }
+                StandardError.line("securemsg serve: metrics on http://\(metricsServer!.address)/metrics")
+            }
+            defer { metricsServer?.close() }
+            if let failure = notifier.notify(["READY=1", "STATUS=listening on \(server.listeningAddresses.joined(separator: ", "))"]) {
+                StandardError.line("securemsg serve: NOTIFY_SOCKET: \(failure)")
+            }
+            server.runUntilSignalled(notifier: notifier)
         }
     }
 }

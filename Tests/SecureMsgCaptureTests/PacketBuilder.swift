@@ -41,7 +41,7 @@ enum Packet {
         bytes.append(UInt8((20 + options.count) / 4) << 4)
         bytes.append(flags)
         bytes.be16(65535)  // window
-        bytes.be16(0)      // checksum: not checked by the reader (offload makes it wrong anyway)
+        bytes.be16(0)      // checksum 0: "left to offload", unverifiable (withTCPChecksum sets one)
         bytes.be16(0)      // urgent
         return bytes + options + payload
     }

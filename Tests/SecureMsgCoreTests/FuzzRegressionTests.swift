@@ -8,7 +8,37 @@ import Testing
 /// found so far, `fixtures/fuzz/regressions/<target>-<name>`. A crash or violated invariant makes the
 /// replayer die; the test names the input it was running.
 @Suite struct FuzzRegressionTests {
-    static let targets = ["server", "client", "handshake", "observer", "capture"]
+    /// The targets the replayer knows (`securemsg-fuzz --list-targets`), so a target added to the harness is
+    /// replayed here without editing this file; the fixture directories stand in when it is not built (the
+    /// replay test then records that it is missing).
+    static let targets: [String] = {
+        if let binary, let listed = try? run(binary, ["--list-targets"]), listed.status == 0 {
+            let names = listed.output.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+            if !names.isEmpty { return names }
+        }
+        let fuzz = packageRoot.appendingPathComponent("fixtures/fuzz")
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: fuzz.path)) ?? []
+        return names.filter { $0 != "regressions" && !$0.hasPrefix(".") && isDirectory(fuzz.appendingPathComponent($0)) }.sorted()
+    }()
+
+    static func isDirectory(_ url: URL) -> Bool {
+        var directory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: url.path, isDirectory: &directory) && directory.boolValue
+    }
+
+    /// Runs `binary` to the end; stdout and the exit status.
+    static func run(_ binary: String, _ arguments: [String]) throws -> (output: String, status: Int32) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (String(decoding: data, as: UTF8.self), process.terminationStatus)
+    }
 
     static let packageRoot: URL = {
         var url = URL(fileURLWithPath: #filePath)
@@ -41,6 +71,14 @@ import Testing
 
     static func regressions(_ target: String) -> [String] {
         files(in: packageRoot.appendingPathComponent("fixtures/fuzz/regressions"), prefix: "\(target)-")
+    }
+
+    /// Every target has seeds, and every seed directory is a target (a renamed target leaves none behind).
+    @Test func everyTargetHasSeedsAndEverySeedDirectoryIsATarget() {
+        let fuzz = Self.packageRoot.appendingPathComponent("fixtures/fuzz")
+        let directories = ((try? FileManager.default.contentsOfDirectory(atPath: fuzz.path)) ?? [])
+            .filter { $0 != "regressions" && Self.isDirectory(fuzz.appendingPathComponent($0)) }.sorted()
+        #expect(directories == Self.targets.sorted(), "fixtures/fuzz/<target>/ against the replayer's targets")
     }
 
     @Test func everyRegressionNamesATarget() {

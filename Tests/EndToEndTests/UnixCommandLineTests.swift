@@ -1,0 +1,123 @@
+import Foundation
+import Testing
+
+/// The command line as Unix tools behave: --version, usage errors, help, plain messages, exit codes.
+@Suite struct UnixCommandLineTests {
+    static let subcommands = ["serve", "send", "repl", "decrypt-log", "keygen"]
+
+    @Test func versionPrintsOneLineWithTheNumberAndExitsZero() throws {
+        let result = try Harness.run(["--version"])
+        #expect(result.status == 0)
+        let text = String(decoding: result.stdout, as: UTF8.self)
+        #expect(text.firstMatch(of: /^securemsg \d+\.\d+\.\d+( \(git [0-9a-f]+(-dirty)?\))?\n$/) != nil, "\(text)")
+        #expect(result.stderr.isEmpty)
+    }
+
+    @Test(arguments: subcommands)
+    func unknownOptionIsOneLineWithHintAndExitTwo(subcommand: String) throws {
+        // decrypt-log's capture argument is required: give one, so the option is the only problem.
+        let result = try Harness.run([subcommand, "--no-such-option"] + (subcommand == "decrypt-log" ? ["x.pcap"] : []))
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr == "securemsg \(subcommand): unknown option '--no-such-option' (see 'securemsg \(subcommand) --help')\n")
+    }
+
+    @Test func invalidValuesAndMissingArgumentsAreUsageErrorsToo() throws {
+        for (arguments, expected) in [
+            (["serve", "--port", "70000"], "securemsg serve: --port must be 0...65535 (see 'securemsg serve --help')\n"),
+            (["send", "--port", "x"], "securemsg send: the value 'x' is invalid for '--port <port>' (see 'securemsg send --help')\n"),
+            (["decrypt-log"], "securemsg decrypt-log: missing expected argument '<capture> ...' (see 'securemsg decrypt-log --help')\n"),
+            (["serve", "--log", "-", "--no-echo"], "securemsg serve: --log - writes the lines to stdout, which --no-echo turns off (see 'securemsg serve --help')\n"),
+            (["nope"], "securemsg: unexpected argument 'nope' (see 'securemsg --help')\n"),
+        ] {
+            let result = try Harness.run(arguments)
+            #expect(result.status == 2, "\(arguments)")
+            #expect(result.stderr == expected, "\(arguments)")
+        }
+    }
+
+    @Test func noCommandAtAllIsAUsageErrorWithTheHelpOnStderr() throws {
+        let result = try Harness.run([])
+        #expect(result.status == 2)
+        #expect(result.stdout.isEmpty)
+        #expect(result.stderr.contains("USAGE: securemsg <subcommand>") && result.stderr.contains("EXAMPLES:"))
+    }
+
+    @Test func helpForAnUnknownCommandFailsButHelpForAKnownOneSucceeds() throws {
+        let unknown = try Harness.run(["help", "nope"])
+        #expect(unknown.status == 2)
+        #expect(unknown.stdout.isEmpty)
+        #expect(unknown.stderr.hasPrefix("securemsg: unknown command 'nope'"))
+        #expect(unknown.stderr.split(separator: "\n").count == 1)
+        let known = try Harness.run(["help", "send"])
+        #expect(known.status == 0)
+        #expect(String(decoding: known.stdout, as: UTF8.self).contains("USAGE: securemsg send"))
+    }
+
+    @Test(arguments: [nil] + subcommands)
+    func everyHelpEndsWithExamplesThatShowTheDefaultKeyPath(subcommand: String?) throws {
+        let result = try Harness.run((subcommand.map { [$0] } ?? []) + ["--help"])
+        #expect(result.status == 0)
+        let help = String(decoding: result.stdout, as: UTF8.self)
+        let examples = try #require(help.components(separatedBy: "\nEXAMPLES:\n").last, "\(help)")
+        #expect(help.components(separatedBy: "\nEXAMPLES:\n").count == 2)
+        // An example is a command indented by two spaces; its explanation, by six.
+        let commands = examples.split(separator: "\n").filter { $0.hasPrefix("  ") && !$0.hasPrefix("      ") }
+        #expect((2...3).contains(commands.count), "\(examples)")
+        if let subcommand { #expect(commands.allSatisfy { $0.hasPrefix("  securemsg \(subcommand)") || $0.contains("| securemsg \(subcommand)") }) }
+        #expect(examples.contains("${XDG_CONFIG_HOME:-~/.config}/securemsg/key"))
+    }
+
+    @Test func threadsHelpShowsItsDefaultOnce() throws {
+        let help = String(decoding: try Harness.run(["serve", "--help"]).stdout, as: UTF8.self)
+        let line = try #require(help.split(separator: "\n").first { $0.contains("--threads") })
+        #expect(line.components(separatedBy: "default").count == 2, "\(line)")
+    }
+
+    @Test func bracketedIPv6HostIsAcceptedBySendAndServe() throws {
+        let server = try ServerProcess(arguments: ["--host", "[::1]", "--format", "raw"])
+        #expect(server.stderr.contains("listening on [::1]:\(server.port)\n"))
+        let result = try server.send(Data("over six\n".utf8), extra: ["--host", "[::1]"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(server.log == Data("over six\n".utf8))
+    }
+
+    @Test func hostWithPortIsRefusedWithAHint() throws {
+        for (host, hint) in [("127.0.0.1:5050", "use --host 127.0.0.1 --port 5050"), ("[::1]:6000", "use --host '[::1]' --port 6000")] {
+            for subcommand in ["send", "serve", "repl"] {
+                let result = try Harness.run([subcommand, "--host", host])
+                #expect(result.status == 2)
+                #expect(result.stderr == "securemsg \(subcommand): --host takes no port: \(hint) (see 'securemsg \(subcommand) --help')\n")
+            }
+        }
+    }
+
+    @Test func addressInUseIsAPlainSentence() throws {
+        let first = try ServerProcess()
+        let second = try Harness.run(["serve", "--port", "\(first.port)", "--key-file", first.keyPath, "--no-log"], timeout: 30)
+        #expect(second.status == 1)
+        #expect(second.stderr == "securemsg serve: cannot listen on 127.0.0.1:\(first.port): address already in use (another process listens there: stop it or choose another --port)\n")
+    }
+
+    @Test func unknownHostIsAPlainSentenceForServeAndSend() throws {
+        let directory = Harness.temporaryDirectory()
+        let key = try Harness.makeKey(in: directory)
+        let serve = try Harness.run(["serve", "--host", "no-such-host.invalid", "--key-file", key, "--no-log"], timeout: 60)
+        #expect(serve.status == 1)
+        #expect(serve.stderr.hasPrefix("securemsg serve: cannot listen on no-such-host.invalid:5050: unknown host 'no-such-host.invalid'"))
+        let send = try Harness.run(["send", "--host", "no-such-host.invalid", "--key-file", key], stdin: Data("x\n".utf8), timeout: 60)
+        #expect(send.status == 1)
+        #expect(send.stderr.hasPrefix("securemsg send: cannot connect to no-such-host.invalid:5050: unknown host 'no-such-host.invalid'"))
+        for text in [serve.stderr, send.stderr] {
+            #expect(text.split(separator: "\n").count == 1, "\(text)")
+            #expect(!text.contains("SocketAddressError") && !text.contains("NIOConnectionError") && !text.contains("errno"))
+        }
+    }
+
+    @Test func sendSummaryOfOneLineSaysLine() throws {
+        let server = try ServerProcess()
+        let result = try server.send(Data("one\n".utf8), extra: ["-v"])
+        #expect(result.status == 0)
+        #expect(result.stderr.hasPrefix("securemsg send: 1 line (4 bytes) acknowledged in "), "\(result.stderr)")
+    }
+}
