@@ -14,7 +14,9 @@ public enum OutputFormat: String, Sendable, CaseIterable {
     case text, jsonl, raw
 }
 
-/// Context printed with each line; `extra` holds decrypt-log's fields (direction, sequence, kind).
+/// Context printed with each line; `extra` holds fields: decrypt-log's (direction, sequence, kind, stream,
+/// identity) and serve's identity. In `text` each is ` key=value` with the value escaped as one field
+/// (`KeyText.fieldValue`: no space, control, backslash or bidi character unescaped); in `jsonl` a string.
 public struct LineContext: Sendable {
     public var time: String
     public var peer: String
@@ -116,7 +118,7 @@ public struct MessageFormatter: Sendable {
 
     private func textPrefix(_ context: LineContext) -> [UInt8] {
         var prefix = Array("\(context.time) \(context.peer) #\(context.session)".utf8)
-        for (key, value) in context.extra { prefix += Array(" \(key)=\(value)".utf8) }
+        for (key, value) in context.extra { prefix += Array(" \(key)=\(KeyText.fieldValue(value))".utf8) }
         prefix.append(0x20)
         return prefix
     }

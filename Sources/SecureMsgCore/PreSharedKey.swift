@@ -1,49 +1,17 @@
-/// The 32-byte pre-shared key, and its one text encoding (docs/PROTOCOL.md, "Key file").
-///
-/// Key file: any number of lines starting with `#` (comments) or blank, and exactly one line of
-/// 64 hexadecimal digits (either case). Surrounding ASCII white space (space, tab, CR, VT, FF) is ignored. `keygen` writes a comment
-/// line and the hex line. SECUREMSG_KEY holds the 64 hex digits alone.
+/// The 32-byte pre-shared key. Its text encoding (key files, SECUREMSG_KEY: 64 hex digits, optionally
+/// after an identity) is `KeyText`/`KeyFile` (docs/PROTOCOL.md §3.1).
 public struct PreSharedKey: Sendable {
     public static let length = 32
     public let bytes: [UInt8]
-
-    public enum ParseError: Error, Equatable, CustomStringConvertible {
-        case noKeyLine
-        case severalKeyLines
-        case notHex
-        case wrongLength(Int)
-
-        // Never quotes the input: it may be (most of) a key.
-        public var description: String {
-            switch self {
-            case .noKeyLine: "no key found (expected one line of 64 hex digits)"
-            case .severalKeyLines: "more than one key line (expected exactly one line of 64 hex digits)"
-            case .notHex: "the key is not hexadecimal (expected 64 hex digits)"
-            case .wrongLength(let digits): "the key has \(digits) hex digits; expected 64 (32 bytes)"
-            }
-        }
-    }
 
     public init(bytes: [UInt8]) {
         precondition(bytes.count == Self.length, "a pre-shared key is 32 bytes")
         self.bytes = bytes
     }
 
-    /// Parses the text of a key file or of SECUREMSG_KEY.
-    public init(parsing text: String) throws(ParseError) {
-        var keyLine: Substring?
-        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }) {
-            let line = rawLine.trimmingWhitespace()
-            if line.isEmpty || line.hasPrefix("#") { continue }
-            guard keyLine == nil else { throw .severalKeyLines }
-            keyLine = line
-        }
-        guard let keyLine else { throw .noKeyLine }
-        guard let decoded = Hex.decode(keyLine) else { throw .notHex }
-        guard decoded.count == Self.length, keyLine.utf8.count == 2 * Self.length else {
-            throw .wrongLength(keyLine.utf8.count)
-        }
-        self.bytes = decoded
+    /// The key of a key file's text (`KeyFile` also gives its identity). Errors never quote the text.
+    public init(parsing text: String) throws(KeyTextError) {
+        self = try KeyFile(parsing: Array(text.utf8)).key
     }
 
     /// The key-file text `keygen` writes.

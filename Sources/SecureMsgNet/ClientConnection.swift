@@ -8,6 +8,8 @@ public struct ClientOptions: Sendable {
     public var host = "127.0.0.1"
     public var port = 5050
     public var key: PreSharedKey
+    /// The identity sent in the ClientHello (from a client key file of `keyring add`); "" = the shared key.
+    public var identity = ""
     /// TCP connect plus handshake, together.
     public var connectTimeout: TimeAmount = .seconds(10)
     /// Time without any ACK while lines are outstanding before giving up.
@@ -279,8 +281,8 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
     private let heartbeatConfiguration: Heartbeat.Configuration
 
     init(options: ClientOptions) {
-        session = Session(client: .init(key: options.key, streamID: options.streamID, forwardSecrecy: options.forwardSecrecy,
-                                        firstLineOffset: options.firstLineOffset))
+        session = Session(client: .init(key: options.key, identity: options.identity, streamID: options.streamID,
+                                        forwardSecrecy: options.forwardSecrecy, firstLineOffset: options.firstLineOffset))
         acknowledgementTimeout = options.acknowledgementTimeout
         disconnectTimeout = options.disconnectTimeout
         heartbeatConfiguration = options.heartbeat

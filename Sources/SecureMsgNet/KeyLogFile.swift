@@ -10,12 +10,17 @@ public final class KeyLogFile: Sendable {
     public let path: String
 
     public init(path: String) throws {
-        let fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        // O_NONBLOCK: a FIFO without a reader fails at once (ENXIO) instead of hanging serve's start.
+        let fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o600)
         guard fd >= 0 else { throw ServerError.keyLog(path: path, reason: String(cString: strerror(errno))) }
         var status = stat()
         guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
             Foundation.close(fd)
             throw ServerError.keyLog(path: path, reason: "not a regular file")
+        }
+        guard status.st_uid == geteuid() || status.st_uid == 0 else {
+            Foundation.close(fd)
+            throw ServerError.keyLog(path: path, reason: "owned by uid \(status.st_uid), not by you (uid \(geteuid())) or root")
         }
         guard status.st_mode & 0o077 == 0 else {
             Foundation.close(fd)

@@ -80,13 +80,15 @@ public final class SecureServer: Sendable {
                     + ": at most \(connections) connections (--max-connections \(configuration.maxConnections))")
             configuration.maxConnections = connections
         }
+        // The key log first: a LogWriter dropped by a later throw would leave its thread reading a freed
+        // writer (an `unowned` crash, 1 start in 6 when the key log was refused).
+        let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
         let diagnostics = DiagnosticQueue()
         let writer = try LogWriter(
             logPath: configuration.logPath, logOptions: configuration.logFile, sync: configuration.sync,
             echoToStdout: configuration.echoToStdout, escapeEcho: configuration.format == .raw && configuration.stdoutIsTerminal,
             metrics: configuration.metrics, streamTable: configuration.streamTable, faults: configuration.faults,
             diagnostics: { diagnostics.line($0.hasPrefix("securemsg serve: ") ? $0 : "securemsg serve: \($0)") })
-        let keyLog = try configuration.keyLogPath.map { try KeyLogFile(path: $0) }
         shared = ServerShared(configuration: configuration, writer: writer, diagnostics: diagnostics, keyLog: keyLog)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
     }
@@ -172,6 +174,35 @@ public final class SecureServer: Sendable {
     /// SIGHUP: reopen the log file.
     public func reopenLog() { shared.writer.requestReopen() }
 
+    /// SIGHUP: reread the keyring (`--keyring`). On success every session re-checks its key: those of an
+    /// identity that is gone or has another key end with DISCONNECT "revoked" once their logged lines are
+    /// acknowledged. A keyring that cannot be read or parsed is reported in one stderr line and the one in
+    /// use is kept.
+    public func reloadKeyring() {
+        guard let path = shared.configuration.keyringPath else { return }
+        let keys = shared.configuration.keys
+        let loaded: (count: Int, revoked: Int)
+        do {
+            var bytes = try SecretFile.read(
+                path: path, what: "keyring", maximumSize: SecretFile.maximumKeyringSize,
+                groupBitsAllowed: shared.configuration.keyringIsCredential)
+            defer { secureZero(&bytes) }
+            let keyring: Keyring
+            do {
+                keyring = try Keyring(parsing: bytes)
+            } catch {
+                throw SecretFile.Failure("keyring \(path): \(error)")
+            }
+            loaded = (keyring.count, try keys.replaceKeyring(keyring))
+        } catch {
+            StandardError.line(
+                "securemsg serve: SIGHUP: \(error); keeping the keyring in use (\(keys.keyringCount ?? 0) identit\(keys.keyringCount == 1 ? "y" : "ies"))")
+            return
+        }
+        StandardError.line("securemsg serve: SIGHUP: keyring \(path) reloaded: \(loaded.count) identit\(loaded.count == 1 ? "y" : "ies"), \(loaded.revoked) revoked")
+        for channel in shared.registry.all { channel.pipeline.fireUserInboundEventTriggered(KeysChanged()) }
+    }
+
     /// Stops accepting, lets every session finish (ACK what is logged, DISCONNECT), flushes the log.
     public func shutdown() {
         for channel in listeners.withLockedValue({ $0 }) { try? channel.close().wait() }
@@ -190,7 +221,7 @@ public final class SecureServer: Sendable {
         shared.diagnostics.close()
     }
 
-    /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log.
+    /// Serves until SIGINT or SIGTERM (then shuts down cleanly); SIGHUP reopens the log and reloads the keyring.
     /// `notifier` tells a service manager RELOADING=1 / READY=1 around SIGHUP and STOPPING=1 (SystemdNotifier).
     public func runUntilSignalled(notifier: SystemdNotifier? = nil) {
         let done = DispatchSemaphore(value: 0)
@@ -203,6 +234,7 @@ public final class SecureServer: Sendable {
                 if sig == SIGHUP {
                     notifier?.notify(SystemdNotifier.reloadingFields())
                     reopenLog()
+                    reloadKeyring()
                     notifier?.notify(["READY=1"])
                 } else {
                     shared.diagnostics.line("securemsg serve: \(sig == SIGINT ? "SIGINT" : "SIGTERM"): stopping")

@@ -6,7 +6,12 @@ import SecureMsgCore
 public struct ServerConfiguration: Sendable {
     public var host = "127.0.0.1"
     public var port = 5050
-    public var key: PreSharedKey
+    /// The keys hellos are answered with (`--key-file`, `--keyring`).
+    public var keys: ServerKeys
+    /// The keyring file SIGHUP reloads (`--keyring`); nil: none.
+    public var keyringPath: String?
+    /// The keyring is a systemd credential (its directory's ACL mask may show as group bits).
+    public var keyringIsCredential = false
     public var logPath: String? = "server_logs.txt"
     public var format: OutputFormat = .text
     public var sync: SyncPolicy = .batch
@@ -70,5 +75,6 @@ public struct ServerConfiguration: Sendable {
     /// Counters for `--metrics` (nil: not collected).
     public var metrics: ServerMetrics?
 
-    public init(key: PreSharedKey) { self.key = key }
+    public init(key: PreSharedKey) { self.keys = ServerKeys(key: key) }
+    public init(keys: ServerKeys) { self.keys = keys }
 }

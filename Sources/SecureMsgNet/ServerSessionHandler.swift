@@ -13,6 +13,11 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private let shared: ServerShared
     private let sessionID: UInt64
     private var peer = "?"
+    /// The hello's identity and the key it was accepted with (nil: unknown identity, or not yet answered).
+    private var identity = ""
+    private var acceptedKey: PreSharedKey?
+    /// Fields of every output row: `identity` when serve uses identities (keyring or named key file).
+    private var rowFields: [(key: String, value: String)] = []
     private var context: ChannelHandlerContext!
 
     private var linesReceived = 0
@@ -184,18 +189,24 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The key lookup: today one key, for the empty identity. Any other identity is answered as an unknown
-    /// one (the handshake fails as a key mismatch on both sides: no identity-enumeration oracle). The resume
-    /// offset is the stream table's (a session still holding the stream may log more before this one
-    /// takes frames: those lines are dropped then, see `StreamOwners`).
+    /// The key lookup, by identity (`ServerKeys`: the key file's, else the keyring's; a hash lookup). An
+    /// identity without a key is answered as an unknown one: the handshake fails as a key mismatch on both
+    /// sides, so no identity-enumeration oracle. The resume offset is the stream table's (a session still
+    /// holding the stream may log more before this one takes frames: those lines are dropped then, see
+    /// `StreamOwners`).
     private func answer(_ hello: ClientHelloInfo) {
         let forwardSecrecy = shared.configuration.forwardSecrecy
+        identity = hello.identity
+        acceptedKey = shared.configuration.keys.key(for: hello.identity)
+        if shared.configuration.keys.usesIdentities { rowFields = [("identity", hello.identity)] }
         let resumeOffset = shared.writer.streamTable?.offset(for: StreamKey(identity: hello.identity, id: hello.streamID.bytes)) ?? 0
         do {
             // Bytes that followed the hello in the same read are processed by the answer.
-            let events = hello.identity.isEmpty
-                ? try session.accept(key: shared.configuration.key, resumeOffset: resumeOffset, forwardSecrecy: forwardSecrecy)
-                : try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
+            let events = if let acceptedKey {
+                try session.accept(key: acceptedKey, resumeOffset: resumeOffset, forwardSecrecy: forwardSecrecy)
+            } else {
+                try session.acceptUnknownIdentity(forwardSecrecy: forwardSecrecy)
+            }
             for event in events where !ended && !stopTakingFrames { handle(event) }
         } catch .forwardSecrecyRequired {
             flushOutbound()
@@ -356,7 +367,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             pendingFrames[0].nextLine = sliceEndLine
         }
         let formatter = shared.formatter
-        let context = LineContext(time: shared.clock.now(), peer: peer, session: sessionID)
+        let context = LineContext(time: shared.clock.now(), peer: peer, session: sessionID, extra: rowFields)
         let format: @Sendable () -> [UInt8] = {
             var output: [UInt8] = []
             lines.withUnsafeBytes { all in
@@ -503,6 +514,23 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The keyring was reloaded (SIGHUP): a session whose identity is gone or has another key ends with
+    /// DISCONNECT code 4 "revoked" — after the ACK for every line already logged (as at shutdown, no
+    /// more input is read). A handshake in flight with a revoked key just fails.
+    private func checkKeyStillValid() {
+        guard !ended, let acceptedKey, !shared.configuration.keys.stillValid(identity: identity, key: acceptedKey) else { return }
+        switch session.state {
+        case .established, .disconnectReceived:
+            readSuppressed = true
+            disconnectPending = disconnectPending ?? (.revoked, "key revoked", false)
+            finishDisconnectIfReady()
+        case .awaitingFinished:
+            fail("key revoked during the handshake")
+        default:
+            break
+        }
+    }
+
     /// One timer per session, not one per frame: when it fires it checks how long ago the last complete
     /// frame came and sleeps again for the rest of the timeout.
     private func armIdleTimer(in delay: TimeAmount? = nil) {
@@ -584,6 +612,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             endOfStream()
         } else if event is ShutdownRequest {
             beginShutdown()
+        } else if event is KeysChanged {
+            checkKeyStillValid()
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -646,7 +676,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         if shared.configuration.verbose && stream.duplicates > 0 {
             lines += ", \(stream.duplicates) duplicate\(stream.duplicates == 1 ? "" : "s") dropped"
         }
-        shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID): \(isError ? "error: " : "")\(what) (\(lines))")
+        let named = identity.isEmpty ? "" : " identity=\(KeyText.fieldValue(identity))"
+        shared.writer.submitDiagnostic("securemsg serve: \(peer) #\(sessionID)\(named): \(isError ? "error: " : "")\(what) (\(lines))")
         // Close after pending writes (our last ACK and DISCONNECT) have gone out — or at the close timeout,
         // whichever comes first: a client that does not read cannot keep its connection.
         let channel = context.channel
@@ -677,6 +708,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
 /// Sent down each connection's pipeline when serve is asked to stop.
 struct ShutdownRequest {}
+
+/// Sent down each connection's pipeline after the keyring was reloaded.
+struct KeysChanged {}
 
 func formatPeer(_ address: SocketAddress?) -> String {
     guard let address else { return "?" }

@@ -6,11 +6,11 @@ final class ProtocolClient {
     let session: Session
     private var buffer = [UInt8](repeating: 0, count: 65536)
 
-    /// Connects and completes a v2 handshake as `send` does (empty identity, a fresh stream), PSK-only
-    /// or, with `forwardSecrecy`, insisting on X25519.
-    init(host: String, port: Int, key: PreSharedKey, forwardSecrecy: Bool = false) throws {
+    /// Connects and completes a v2 handshake as `send` does (the key file's identity, a fresh stream),
+    /// PSK-only or, with `forwardSecrecy`, insisting on X25519.
+    init(host: String, port: Int, key: PreSharedKey, identity: String = "", forwardSecrecy: Bool = false) throws {
         socket = try BlockingSocket(host: host, port: port)
-        session = Session(client: .init(key: key, forwardSecrecy: forwardSecrecy ? .required : .off))
+        session = Session(client: .init(key: key, identity: identity, forwardSecrecy: forwardSecrecy ? .required : .off))
         try flush()
         try waitFor { if case .handshakeCompleted = $0 { true } else { false } }
     }

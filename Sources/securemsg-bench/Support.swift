@@ -1,8 +1,11 @@
 import Foundation
 import SecureMsgCore
 
-func loadKey(_ path: String) throws -> PreSharedKey {
-    try PreSharedKey(parsing: String(contentsOfFile: path, encoding: .utf8))
+func loadKey(_ path: String) throws -> PreSharedKey { try loadKeyFile(path).key }
+
+/// The key and identity of a key file (a client key file of `keyring add` names its identity).
+func loadKeyFile(_ path: String) throws -> KeyFile {
+    try KeyFile(parsing: Array(String(contentsOfFile: path, encoding: .utf8).utf8))
 }
 
 func percentile(_ sorted: [Double], _ p: Double) -> Double {

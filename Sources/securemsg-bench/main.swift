@@ -7,7 +7,7 @@ import SecureMsgCore
 //
 //   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
-//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
+//   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   (KEYFILE may name an identity) connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
 //   securemsg-bench format text|jsonl|raw SIZE ascii|utf8 [SECONDS]   MessageFormatter alone, in process: lines/s, MB/s of input
 
@@ -73,7 +73,7 @@ do {
         emit(#"{"p50_us":\#(percentile(latencies, 0.5) * 1e6),"p99_us":\#(percentile(latencies, 0.99) * 1e6),"msgs_per_s":\#(Double(count) / elapsed)}"#)
 
     case "handshakes":
-        let key = try loadKey(arguments[2])
+        let keyFile = try loadKeyFile(arguments[2])  // a client key file sends its identity (keyring bench)
         let (port, seconds, concurrency) = (Int(arguments[3])!, Double(arguments[4])!, Int(arguments[5])!)
         let forwardSecrecy = arguments.count > 6 && arguments[6] == "fs"
         let line = Array("handshake\n".utf8)
@@ -87,7 +87,7 @@ do {
         DispatchQueue.concurrentPerform(iterations: concurrency) { i in
             while now() < deadline {
                 do {
-                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: key, forwardSecrecy: forwardSecrecy)
+                    let client = try ProtocolClient(host: "127.0.0.1", port: port, key: keyFile.key, identity: keyFile.identity, forwardSecrecy: forwardSecrecy)
                     try client.sendLineAndDisconnect(line)
                     c[i] += 1
                 } catch {
@@ -115,10 +115,20 @@ do {
 
     case "handshake-cpu":
         // Both ends of a v2 handshake in one process, no sockets: the protocol's own CPU cost (one core).
-        //   handshake-cpu [COUNT] [psk|fs]   (fs: the client offers X25519 and the server chooses it)
+        //   handshake-cpu [COUNT] [psk|fs|keyring]   (fs: the client offers X25519 and the server chooses it;
+        //   keyring: PSK-only, the server looks the client's identity up in a 10,000-entry keyring, as serve does)
         let key = PreSharedKey(bytes: Array(repeating: 7, count: 32))
         let count = arguments.count > 2 ? Int(arguments[2]) ?? 10_000 : 10_000
-        let fs = arguments.count > 3 && arguments[3] == "fs"
+        let mode = arguments.count > 3 ? arguments[3] : "psk"
+        let fs = mode == "fs"
+        var ring: Keyring?
+        var identity = ""
+        if mode == "keyring" {
+            var text = ""
+            for i in 0..<10_000 { text += "client\(i) \(Hex.encode(i == 5_000 ? key.bytes : SystemRandom().bytes(32)))\n" }
+            ring = try Keyring(parsing: Array(text.utf8))
+            identity = "client5000"
+        }
         let stream = StreamID.random()
         // Process CPU time, not wall time: the figure is the protocol's cost, whatever else the machine runs.
         func cpuTime() -> Double {
@@ -128,16 +138,18 @@ do {
         }
         let started = cpuTime()
         for _ in 0..<count {
-            let client = Session(client: .init(key: key, streamID: stream, forwardSecrecy: fs ? .offered : .off))
+            let client = Session(client: .init(key: key, identity: identity, streamID: stream, forwardSecrecy: fs ? .offered : .off))
             let server = Session(server: .init())
-            _ = try server.receive(client.takeOutbound())
-            try server.accept(key: key, resumeOffset: 0, forwardSecrecy: fs)
+            let hello = try server.receive(client.takeOutbound())
+            var serverKey = key
+            if let ring, case .helloReceived(let info)? = hello.first { serverKey = ring.key(for: info.identity)! }
+            try server.accept(key: serverKey, resumeOffset: 0, forwardSecrecy: fs)
             _ = try client.receive(server.takeOutbound())
             _ = try server.receive(client.takeOutbound())
             precondition(server.state == .established && client.state == .established)
         }
         let elapsed = cpuTime() - started
-        emit(#"{"mode":"\#(fs ? "fs" : "psk")","cpu_handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
+        emit(#"{"mode":"\#(mode)","cpu_handshake_pairs_per_s":\#(Double(count) / elapsed),"us_per_pair":\#(elapsed / Double(count) * 1e6)}"#)
 
     case "format":
         // The formatter alone (serve's per-line cost without sockets or disk): frames of 256 KiB of lines of

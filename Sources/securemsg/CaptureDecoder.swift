@@ -38,6 +38,8 @@ final class CaptureDecoder {
         var incomplete = 0
         var framingErrors = 0
         var unreadable = 0
+        /// Per named identity of v2 sessions, in order of first appearance: connections decrypted, lines.
+        var identities: [(identity: String, connections: Int, lines: Int)] = []
         /// Connections the reassembler stopped tracking (--max-connections); not failures by themselves.
         var evicted = 0
         var evictedWithData = 0
@@ -169,6 +171,8 @@ final class CaptureDecoder {
         var readingClientToServer: Reading?, readingServerToClient: Reading?
         /// Fields every row of a v2 session carries (stream, identity).
         var sessionFields: [(key: String, value: String)] = []
+        /// Index in `Counts.identities` of this session's named identity.
+        var identityIndex: Int?
 
         func reading(_ d: Direction) -> Reading {
             if d == .clientToServer {
@@ -212,7 +216,8 @@ final class CaptureDecoder {
         func pendingBytes(_ d: Direction) -> Int { live?.pendingBytes(d) ?? 0 }
     }
 
-    private let preSharedKey: PreSharedKey
+    private let keys: (String) -> PreSharedKey?
+    private var identityIndex: [[UInt8]: Int] = [:]
     private let keyLog: KeyLog
     private let formatter: MessageFormatter
     private let output: OutputSink
@@ -227,9 +232,15 @@ final class CaptureDecoder {
     static let progressInterval: Int64 = 60
 
     /// `escapingRaw`: stdout is a terminal, where `raw` lines are escaped as in `text`.
-    init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false, output: OutputSink,
-         maxConnections: Int = TCPReassembler.defaultMaxConnections) {
-        preSharedKey = key
+    convenience init(key: PreSharedKey, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false, output: OutputSink,
+                     maxConnections: Int = TCPReassembler.defaultMaxConnections) {
+        self.init(keys: { _ in key }, keyLog: keyLog, format: format, escapingRaw: escapingRaw, output: output, maxConnections: maxConnections)
+    }
+
+    /// `keys`: the key of an identity ("" for v1 and for the shared key), nil when unknown.
+    init(keys: @escaping (String) -> PreSharedKey?, keyLog: KeyLog = KeyLog(), format: OutputFormat, escapingRaw: Bool = false,
+         output: OutputSink, maxConnections: Int = TCPReassembler.defaultMaxConnections) {
+        self.keys = keys
         self.keyLog = keyLog
         formatter = MessageFormatter(format: format, escapingRaw: escapingRaw)
         self.output = output
@@ -291,7 +302,7 @@ final class CaptureDecoder {
         if let existing = connection.observer {
             observer = existing
         } else {
-            observer = Observer(key: preSharedKey, keyLog: keyLog)
+            observer = Observer(keys: keys, keyLog: keyLog)
             connection.observer = observer
         }
         // Fed one protocol unit at a time: the observer returns a call's events only if the call does not
@@ -352,7 +363,10 @@ final class CaptureDecoder {
             if handshake.forwardSecrecy { counts.forwardSecret += 1 }
             if let stream = handshake.streamID {
                 connection.sessionFields = [("stream", stream.description)]
-                if !handshake.identity.isEmpty { connection.sessionFields.append(("identity", fieldValue(handshake.identity))) }
+                if !handshake.identity.isEmpty {
+                    connection.sessionFields.append(("identity", handshake.identity))  // the formatter escapes it
+                    connection.identityIndex = countIdentity(handshake.identity)
+                }
             }
         case let .refused(code, text):
             counts.refusals += 1
@@ -449,6 +463,7 @@ final class CaptureDecoder {
             var lineCount = lines.count { $0 == 0x0A }
             if let last = lines.last, last != 0x0A { lineCount += 1 }
             counts.lines += lineCount
+            if let index = connection.identityIndex { counts.identities[index].lines += lineCount }
             lines.withUnsafeBytes { formatter.append(lines: $0, context: context, to: &row) }
             // Only unescaped raw copies the plaintext as it is; every other form ends each line itself.
             if formatter.format == .raw, !formatter.escapingRaw, let last = lines.last, last != 0x0A { row.append(0x0A) }
@@ -546,6 +561,17 @@ final class CaptureDecoder {
         }
     }
 
+    private func countIdentity(_ identity: String) -> Int {
+        let name = Array(identity.utf8)  // identities are byte strings
+        if let index = identityIndex[name] {
+            counts.identities[index].connections += 1
+            return index
+        }
+        identityIndex[name] = counts.identities.count
+        counts.identities.append((identity, 1, 0))
+        return counts.identities.count - 1
+    }
+
     /// The reassembler stopped tracking `connection` (too many connections: --max-connections). Reported
     /// per burst, not per connection (a flood evicts millions); a connection that still held undecrypted
     /// bytes counts as incomplete in the summary. Later packets of it count as a new connection, whose
@@ -586,7 +612,7 @@ final class CaptureDecoder {
 
 /// A value from the wire made safe for a `key=value` field: escaped, spaces included.
 private func fieldValue(_ text: String) -> String {
-    PeerText.printable(text.utf8, limit: Wire.maximumIdentityLength).replacingOccurrences(of: " ", with: "\\u{20}")
+    KeyText.fieldValue(text)
 }
 
 extension Direction {

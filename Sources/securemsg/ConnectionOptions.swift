@@ -27,7 +27,9 @@ struct ConnectionOptions: ParsableArguments {
     }
 
     func clientOptions() throws -> ClientOptions {
-        var options = ClientOptions(key: try key.load(createIfMissing: false))
+        let keyFile = try key.loadKeyFile(createIfMissing: false)
+        var options = ClientOptions(key: keyFile.key)
+        options.identity = keyFile.identity
         options.host = try HostArgument.parse(host)
         options.port = port
         options.connectTimeout = .seconds(Int64(connectTimeout))

@@ -22,6 +22,8 @@ struct DecryptLog: ParsableCommand {
             """)
 
     @OptionGroup var key: KeyOptions
+    @Option(help: ArgumentHelp("serve's keyring: the keys of named identities (with or without --key-file for the shared key).", valueName: "path"))
+    var keyring: String?
     @Option(help: "The server's TCP port in the capture.") var port = 5050
     @Option(help: "Output format: text, jsonl or raw (DATA lines only).") var format: OutputFormat = .text
     @Option(help: ArgumentHelp("serve's --key-log file: the secrets of forward-secret sessions (owner-only, like a key file).", valueName: "path"))
@@ -45,7 +47,7 @@ struct DecryptLog: ParsableCommand {
     }
 
     private func decrypt() throws {
-        let preSharedKey = try key.load(createIfMissing: false)
+        let keys = try loadKeys()
         let secrets = try keyLog.map(Self.loadKeyLog) ?? KeyLog()
         // Every file is checked before any output, so a typo does not leave half a result behind. Files are
         // then opened one at a time (a long rotated series must not hold every file open).
@@ -58,7 +60,7 @@ struct DecryptLog: ParsableCommand {
         }
         let sink = OutputSink()
         let decoder = CaptureDecoder(
-            key: preSharedKey, keyLog: secrets, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink,
+            keys: keys, keyLog: secrets, format: format, escapingRaw: isatty(STDOUT_FILENO) == 1, output: sink,
             maxConnections: maxConnections)
         let reassembler = TCPReassembler(serverPort: UInt16(port), maxConnections: maxConnections)
         var lastTime = CaptureTimestamp.zero
@@ -101,21 +103,37 @@ struct DecryptLog: ParsableCommand {
         if counts.failures > 0 || counts.connections == 0 { throw ExitCode(1) }
     }
 
-    /// Reads a key log: as secret as a key, so refused (exit 2) when group or others may read it.
+    /// The identity → key map: the keyring's identities, and the key file's (explicit, or the default one
+    /// when there is no keyring). v1 sessions and v2's empty identity use the key file's key.
+    private func loadKeys() throws -> (String) -> PreSharedKey? {
+        guard let keyring else {
+            let keyFile = try key.loadKeyFile(createIfMissing: false)
+            // A plain key file answers every identity, as before keyrings; a named one only its own.
+            if keyFile.identity.isEmpty { return { _ in keyFile.key } }
+            return { Array($0.utf8) == Array(keyFile.identity.utf8) ? keyFile.key : nil }
+        }
+        let ring = try KeyringCommand.load(keyring)
+        let keyFile = try key.explicitKey()
+        return { identity in
+            if let keyFile, Array(identity.utf8) == Array(keyFile.identity.utf8) { return keyFile.key }
+            return ring.key(for: identity)
+        }
+    }
+
+    /// Reads a key log: as secret as a key, so under the key-file rules (owner only, regular file, read
+    /// without blocking on a FIFO).
     static func loadKeyLog(_ path: String) throws -> KeyLog {
-        var status = stat()
-        guard stat(path, &status) == 0 else {
-            throw CommandFailure(message: "key log \(path): \(String(cString: strerror(errno)))", exitCode: 2)
-        }
-        guard status.st_mode & 0o077 == 0 else {
-            throw CommandFailure(message: "key log \(path): group or others may read it (chmod 600)", exitCode: 2)
-        }
         do {
-            return try KeyLog(parsing: String(contentsOfFile: path, encoding: .utf8))
+            var bytes = try SecretFile.read(path: path, what: "key log", maximumSize: 1 << 30)
+            defer { secureZero(&bytes) }
+            guard let text = String(validating: bytes, as: UTF8.self) else {
+                throw CommandFailure(message: "key log \(path): not UTF-8 text", exitCode: 2)
+            }
+            return try KeyLog(parsing: text)
+        } catch let failure as SecretFile.Failure {
+            throw CommandFailure(message: failure.description, exitCode: 2)
         } catch let error as KeyLog.ParseError {
             throw CommandFailure(message: "\(path): \(error)", exitCode: 2)
-        } catch {
-            throw CommandFailure(message: "key log \(path): not readable UTF-8 text", exitCode: 2)
         }
     }
 
@@ -147,6 +165,11 @@ struct DecryptLog: ParsableCommand {
         }
         if c.evicted > 0 {
             text += "; \(n(c.evicted, "connection")) evicted at --max-connections (\(c.evictedWithData) with data)"
+        }
+        if !c.identities.isEmpty {
+            text += "; by identity: " + c.identities.map {
+                "\(KeyText.fieldValue($0.identity)) \(n($0.connections, "connection")) \(n($0.lines, "line"))"
+            }.joined(separator: ", ")
         }
         return text
     }

@@ -9,12 +9,13 @@ struct SecureMsg: ParsableCommand {
         abstract: "Carry lines of text over TCP, each line encrypted and authenticated.",
         discussion: """
             Keys: --key-file PATH, else SECUREMSG_KEY (64 hex digits), else \
-            ${XDG_CONFIG_HOME:-~/.config}/securemsg/key (serve creates it on first use). \
+            $CREDENTIALS_DIRECTORY/securemsg.key (systemd), else ${XDG_CONFIG_HOME:-~/.config}/securemsg/key \
+            (serve creates it on first use). Many clients, one key each: `securemsg keyring`. \
             Exit status: 0 success, 1 failure (connection, key mismatch, unacknowledged lines), 2 bad input \
             or usage (one line on stderr, with a hint).
             """,
         version: Version.full,
-        subcommands: [Serve.self, Send.self, Repl.self, DecryptLog.self, Keygen.self]
+        subcommands: [Serve.self, Send.self, Repl.self, DecryptLog.self, Keygen.self, KeyringCommand.self, Fingerprint.self]
     )
 }
 

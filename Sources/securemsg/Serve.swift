@@ -12,7 +12,10 @@ struct Serve: ParsableCommand {
         abstract: "Receive encrypted lines: print them, append them to a log, acknowledge them.",
         discussion: """
             Prints `listening on HOST:PORT` to stderr once bound. SIGINT/SIGTERM: stop accepting, \
-            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file. \
+            acknowledge what is logged, disconnect every client, exit 0. SIGHUP: reopen the log file and reload \
+            the keyring (sessions of a removed or re-keyed identity end with DISCONNECT "revoked"). Keys: \
+            --key-file (one key, normally shared, empty identity) and/or --keyring (one key per identity); \
+            under systemd, $CREDENTIALS_DIRECTORY/securemsg.key and securemsg.keyring are the defaults. \
             Under systemd: READY=1, RELOADING=1 and STOPPING=1 go to NOTIFY_SOCKET (Type=notify), and \
             sockets passed with LISTEN_FDS (socket activation) are served instead of --host/--port. \
             The default log is server_logs.txt in $LOGS_DIRECTORY, else $STATE_DIRECTORY, else the working \
@@ -22,6 +25,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Address to listen on: IPv4, IPv6 (with or without [ ]) or a name.") var host = "127.0.0.1"
     @Option(help: "Port (0 picks a free one).") var port = 5050
     @OptionGroup var key: KeyOptions
+    @Option(help: ArgumentHelp("Keyring: one key per client identity (`securemsg keyring add`); reloaded on SIGHUP.", valueName: "path"))
+    var keyring: String?
     @Option(help: ArgumentHelp(
         "Log file, appended to; - writes the lines to stdout only. (default: server_logs.txt in $LOGS_DIRECTORY, else $STATE_DIRECTORY, else the working directory)",
         valueName: "path"))
@@ -89,6 +94,34 @@ struct Serve: ParsableCommand {
         }
     }
 
+    /// --keyring, else systemd's credential `securemsg.keyring`.
+    private var keyringSource: (path: String, credential: Bool)? {
+        if let keyring { return (keyring, KeyOptions.isCredential(keyring)) }
+        return KeyOptions.credentialPath(KeyOptions.credentialKeyringName).map { ($0, true) }
+    }
+
+    /// The key file's key (explicit, or the default one, created if missing, when there is no keyring)
+    /// and the keyring's.
+    private func loadKeys() throws -> ServerKeys {
+        var ring: Keyring?
+        if let source = keyringSource {
+            do {
+                var bytes = try SecretFile.read(
+                    path: source.path, what: "keyring", maximumSize: SecretFile.maximumKeyringSize, groupBitsAllowed: source.credential)
+                defer { secureZero(&bytes) }
+                ring = try KeyringCommand.parse(bytes, path: source.path)
+            } catch let failure as SecretFile.Failure {
+                throw CommandFailure(message: failure.description, exitCode: 2)
+            }
+        }
+        let keyFile = try ring == nil ? key.loadKeyFile(createIfMissing: true) : key.explicitKey()
+        do {
+            return try ServerKeys(keyFile: keyFile, keyring: ring)
+        } catch {
+            throw CommandFailure(message: error.description, exitCode: 2)
+        }
+    }
+
     private var echoes: Bool { echo && !quiet }
 
     /// nil: no log file (--no-log, or --log -, where stdout is the log).
@@ -99,7 +132,9 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         try Self.run("serve") {
-            var configuration = ServerConfiguration(key: try key.load(createIfMissing: true))
+            var configuration = ServerConfiguration(keys: try loadKeys())
+            configuration.keyringPath = keyringSource?.path
+            configuration.keyringIsCredential = keyringSource?.credential ?? false
             configuration.host = try HostArgument.parse(host)
             configuration.port = port
             configuration.logPath = logPath

@@ -70,7 +70,7 @@ import Testing
         chmod(exposed, 0o644)
         let refused = try DecryptLogTests.decrypt(fixture: "fs-v2.pcap", ["--key-log", exposed])
         #expect(refused.status == 2)
-        #expect(refused.stderr == "securemsg decrypt-log: key log \(exposed): group or others may read it (chmod 600)\n", "\(refused.stderr)")
+        #expect(refused.stderr == "securemsg decrypt-log: key log \(exposed) is readable by group or others (mode 644); run: chmod 600 \(exposed)\n", "\(refused.stderr)")
     }
 
     /// v1 and v2 captures given together are one capture: both read with the same key.

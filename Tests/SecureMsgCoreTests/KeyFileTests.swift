@@ -12,10 +12,10 @@ import Testing
 
     @Test(arguments: ["\u{A0}", "\u{2003}", "\u{3000}", "\u{FEFF}"])
     func unicodeSpacesAreNotWhiteSpace(_ space: String) {
-        #expect(throws: PreSharedKey.ParseError.notHex) { try PreSharedKey(parsing: space + Self.hex + "\n") }
+        #expect(throws: KeyTextError.notHex(line: 1)) { try PreSharedKey(parsing: space + Self.hex + "\n") }
     }
 
     @Test func aBareCarriageReturnDoesNotEndALine() {
-        #expect(throws: PreSharedKey.ParseError.noKeyLine) { try PreSharedKey(parsing: "# comment\r" + Self.hex) }  // one comment line
+        #expect(throws: KeyTextError.noKeyLine) { try PreSharedKey(parsing: "# comment\r" + Self.hex) }  // one comment line
     }
 }
