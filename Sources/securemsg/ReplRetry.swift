@@ -8,20 +8,7 @@ import Synchronization
 /// the unacknowledged lines go again from the server's offset. Typing never waits for the server.
 extension ReplSession {
     static func interactiveRetrying(configuration: Delivery.Configuration, historyPath: String?) throws {
-        var history: HistoryFile?
-        if let historyPath {
-            do {
-                history = try HistoryFile(path: historyPath)
-            } catch {
-                StandardError.line("securemsg repl: history not kept: \(error)")
-            }
-        }
-        let editor: LineEditor
-        do {
-            editor = try LineEditor(prompt: prompt, history: history)
-        } catch {
-            throw CommandFailure(message: "\(error)", exitCode: 1)
-        }
+        let editor = try makeEditor(historyPath: historyPath)
         let outbox = Outbox(maximumBytes: 64 << 20)
         let printed = Mutex<UInt64>(0)
         let delivery = Delivery(

@@ -28,9 +28,8 @@ enum ReplSession {
 
     // MARK: On a terminal: readline
 
-    /// Lines typed at a readline prompt. Acknowledgements are printed above the prompt as they arrive;
-    /// typing never waits for them.
-    static func interactive(options: ClientOptions, historyPath: String?) throws {
+    /// The readline prompt with its history file (a history that cannot be kept is said once, not fatal).
+    static func makeEditor(historyPath: String?) throws -> LineEditor {
         var history: HistoryFile?
         if let historyPath {
             do {
@@ -39,12 +38,17 @@ enum ReplSession {
                 StandardError.line("securemsg repl: history not kept: \(error)")
             }
         }
-        let editor: LineEditor
         do {
-            editor = try LineEditor(prompt: prompt, history: history)
+            return try LineEditor(prompt: prompt, history: history)
         } catch {
             throw CommandFailure(message: "\(error)", exitCode: 1)
         }
+    }
+
+    /// Lines typed at a readline prompt. Acknowledgements are printed above the prompt as they arrive;
+    /// typing never waits for them.
+    static func interactive(options: ClientOptions, historyPath: String?) throws {
+        let editor = try makeEditor(historyPath: historyPath)
         let client = try connect(
             options,
             onAcknowledged: { lines, _ in
