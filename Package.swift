@@ -11,6 +11,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        // serve --database: the PostgreSQL wire protocol, pooling and TLS (only SecureMsgPostgres uses it).
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        // postgres-nio's own dependency, named here because its API takes a Logger.
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
     ],
     targets: [
         // System libraries. No C shim code: OpenSSL, readline and libpcap import directly.
@@ -41,11 +45,24 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // serve --database: lines and stream offsets in PostgreSQL, behind SecureMsgNet's LineSink seam.
+        .target(
+            name: "SecureMsgPostgres",
+            dependencies: [
+                "SecureMsgCore",
+                "SecureMsgNet",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "securemsg",
             dependencies: [
                 "SecureMsgCore",
                 "SecureMsgNet",
+                "SecureMsgPostgres",
                 "SecureMsgCapture",
                 "CReadline",
                 "CMalloc",

@@ -8,6 +8,8 @@ import SecureMsgCore
 final class ServerShared: Sendable {
     let configuration: ServerConfiguration
     let writer: LogWriter
+    /// Where lines go: the writer, then the store when there is one (`LineSink`).
+    let sink: LineSink
     let formatter: MessageFormatter
     let registry = ConnectionRegistry()
     let clock = WallClock()
@@ -26,6 +28,7 @@ final class ServerShared: Sendable {
         self.keyLog = keyLog
         self.configuration = configuration
         self.writer = writer
+        self.sink = LineSink(writer: writer, store: configuration.lineStore)
         self.formatter = MessageFormatter(format: configuration.format)
         self.diagnostics = diagnostics
         self.refusals = RateLimitedReporter { [diagnostics] in diagnostics.line($0) }
@@ -215,6 +218,7 @@ public final class SecureServer: Sendable {
         let closeDeadline = NIODeadline.now() + .seconds(1)
         while shared.registry.count > 0 && NIODeadline.now() < closeDeadline { usleep(10_000) }
         shared.writer.close()
+        shared.sink.store?.close()
         try? group.syncShutdownGracefully()
         try? shared.formatting.syncShutdownGracefully()
         shared.refusals.flush()

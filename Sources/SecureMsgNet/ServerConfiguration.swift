@@ -72,6 +72,8 @@ public struct ServerConfiguration: Sendable {
     public var heartbeat = Heartbeat.Configuration()
     /// Listening sockets passed by a service manager (SocketActivation); when set, host and port are not bound.
     public var listeningDescriptors: [Int32] = []
+    /// Where lines are stored beside the log (`--database`), and the authority for resume offsets; nil: none.
+    public var lineStore: (any LineStore)?
     /// Counters for `--metrics` (nil: not collected).
     public var metrics: ServerMetrics?
 

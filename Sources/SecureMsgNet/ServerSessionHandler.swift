@@ -195,11 +195,36 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// holding the stream may log more before this one takes frames: those lines are dropped then, see
     /// `StreamOwners`).
     private func answer(_ hello: ClientHelloInfo) {
-        let forwardSecrecy = shared.configuration.forwardSecrecy
         identity = hello.identity
         acceptedKey = shared.configuration.keys.key(for: hello.identity)
         if shared.configuration.keys.usesIdentities { rowFields = [("identity", hello.identity)] }
-        let resumeOffset = shared.writer.streamTable?.offset(for: StreamKey(identity: hello.identity, id: hello.streamID.bytes)) ?? 0
+        guard acceptedKey != nil, shared.sink.store != nil else {
+            return accept(resumeOffset: shared.writer.streamTable?.offset(for: StreamKey(identity: hello.identity, id: hello.streamID.bytes)) ?? 0)
+        }
+        // The database answers later: reading pauses (`readPause`) and the session keeps what follows the hello.
+        awaitingResumeOffset = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        shared.sink.resumeOffset(for: StreamKey(identity: hello.identity, id: hello.streamID.bytes)) { offset in
+            bound.eventLoop.execute { bound.value.resumeOffsetFound(offset) }
+        }
+    }
+
+    /// Set while the store looks up the resume offset of this session's hello.
+    private var awaitingResumeOffset = false
+
+    private func resumeOffsetFound(_ offset: UInt64?) {
+        awaitingResumeOffset = false
+        guard !ended, context != nil else { return }
+        guard let offset else { return fail("database unavailable: cannot look up the stream's resume offset") }
+        accept(resumeOffset: offset)
+        formatPending()
+        flushOutbound()
+        updateCharge()
+        resumeReadingIfAllowed()
+    }
+
+    private func accept(resumeOffset: UInt64) {
+        let forwardSecrecy = shared.configuration.forwardSecrecy
         do {
             // Bytes that followed the hello in the same read are processed by the answer.
             let events = if let acceptedKey {
@@ -285,8 +310,22 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             return
         }
         let cut = StreamSlot.cut(lines, firstOffset: firstOffset, lineCount: lineCount, below: stream.floor)
-        stream.duplicates += cut.dropped
         let remaining = lineCount - cut.dropped
+        if cut.dropped > 0, shared.sink.store != nil {
+            // In the file log already, perhaps not in the store (it is the authority for the resume offset):
+            // the store gets them, the file does not (`LineSink`), and the store drops what it holds.
+            framesAtWriter += remaining == 0 ? 1 : 0
+            recordsAtWriter += 1
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let durableUpTo: UInt64? = remaining == 0 ? firstOffset + UInt64(lineCount) : nil
+            let stored = storedLines(lines[lines.startIndex..<cut.lines.startIndex], firstOffset: firstOffset, lineCount: cut.dropped)
+            shared.sink.submit([], fileOffset: nil, lines: stored) { ok in
+                bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: 0, ok: ok) }
+            }
+            if remaining > 0 { submit(cut.lines, firstOffset: cut.firstOffset, lineCount: remaining) }
+            return
+        }
+        stream.duplicates += cut.dropped
         if remaining == 0 {
             guard cut.dropped > 0 else { return }  // only the core's duplicates: nothing new to log or acknowledge
             // Every line of it is logged already (by the previous session): acknowledge it, in order
@@ -297,7 +336,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             let durableUpTo = firstOffset + UInt64(lineCount)
             shared.writer.submit([]) { ok in
                 bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: 0, ok: ok) }
-            }
+            }  // (with a store, such lines took the branch above)
             return
         }
         submit(cut.lines, firstOffset: cut.firstOffset, lineCount: remaining)
@@ -380,7 +419,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
         // One slice (up to `sliceLines` lines): formatted here, as every ordinary frame is.
         if start == 0 && last {
-            return handOver(format(), durableUpTo: durableUpTo, plaintext: end - start, streamOffset: sliceEndLine)
+            return handOver(format(), durableUpTo: durableUpTo, plaintext: end - start, streamOffset: sliceEndLine,
+                            stored: storedLines(lines[(lines.startIndex + start)..<(lines.startIndex + end)], firstOffset: firstLine, lineCount: Int(sliceEndLine - firstLine)))
         }
         offloaded = true
         let bound = NIOLoopBound(self, eventLoop: self.context.eventLoop)
@@ -388,7 +428,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             let handler = bound.value
             handler.offloaded = false
             guard case .success(let output) = result, handler.context != nil, !handler.ended else { return handler.releaseStreamIfDone() }
-            _ = handler.handOver(output, durableUpTo: last ? durableUpTo : nil, plaintext: end - start, streamOffset: sliceEndLine)
+            let stored = handler.storedLines(lines[(lines.startIndex + start)..<(lines.startIndex + end)], firstOffset: firstLine,
+                                             lineCount: Int(sliceEndLine - firstLine))
+            _ = handler.handOver(output, durableUpTo: last ? durableUpTo : nil, plaintext: end - start, streamOffset: sliceEndLine, stored: stored)
             handler.formatPending()
             handler.updateCharge()
         }
@@ -396,16 +438,22 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     /// Gives a formatted slice to the writer; after a frame's last slice is written, the frame is acknowledged.
-    private func handOver(_ output: [UInt8], durableUpTo: UInt64?, plaintext: Int, streamOffset: UInt64) -> Int {
+    private func handOver(_ output: [UInt8], durableUpTo: UInt64?, plaintext: Int, streamOffset: UInt64, stored: StoredLines?) -> Int {
         pendingPlaintext -= plaintext
         unloggedBytes += output.count
         recordsAtWriter += 1
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let size = output.count
-        shared.writer.submit(output, stream: stream.key.map { ($0, streamOffset) }) { ok in
+        shared.sink.submit(output, fileOffset: stream.key.map { ($0, streamOffset) }, lines: stored) { ok in
             bound.eventLoop.execute { bound.value.logged(durableUpTo: durableUpTo, size: size, ok: ok) }
         }
         return size
+    }
+
+    /// Lines for the store (nil without one): raw, with their stream, offsets and provenance.
+    private func storedLines(_ lines: ArraySlice<UInt8>, firstOffset: UInt64, lineCount: Int) -> StoredLines? {
+        guard shared.sink.store != nil, let key = stream.key else { return nil }
+        return StoredLines(key: key, firstOffset: firstOffset, lines: lines, lineCount: lineCount, receivedAt: Date(), peer: peer, session: sessionID)
     }
 
     /// The writer has made a slice durable; after a frame's last slice, the frame may be acknowledged.
@@ -442,6 +490,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private var readPause: String? {
         if ended { return "ended" }
         if stream.phase == .waiting { return "stream" }  // its previous session is still being logged
+        if awaitingResumeOffset { return "resume" }  // the database has not answered the hello yet
         if disconnectPending != nil && session.state != .disconnectReceived { return "disconnecting" }
         // Backpressure: lines waiting for the writer (formatted) or for formatting, ACKs the client does not read.
         if unloggedBytes + pendingPlaintext > shared.configuration.maxUnloggedBytesPerConnection { return "unlogged" }

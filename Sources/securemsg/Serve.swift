@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import SecureMsgCore
 import SecureMsgNet
+import SecureMsgPostgres
 
 extension OutputFormat: ExpressibleByArgument {}
 extension SyncPolicy: ExpressibleByArgument {}
@@ -73,6 +74,13 @@ struct Serve: ParsableCommand {
     @Option(help: "Forget streams with no line logged for this many seconds (a client resuming one later starts over at offset 0).")
     var forgetStreamsAfter = 604_800
     @Option(help: "Streams kept in the table; beyond, the least recently advanced are forgotten.") var maxStreams = 1_000_000
+    @Option(help: ArgumentHelp(
+        "Also store every line in PostgreSQL (tables created if absent; README \"Scaling out\"); ACKs then wait for its COMMIT and resume offsets come from it. Password: PGPASSWORD or --database-password-file (not the URL: a command line is visible to other users).",
+        valueName: "postgresql://user@host:port/db"))
+    var database: String?
+    @Option(help: ArgumentHelp("File whose first line is the database password.", valueName: "path"))
+    var databasePasswordFile: String?
+    @Option(help: "Connections that write to the database (streams are spread over them).") var databaseConnections = 4
 
     func validate() throws {
         _ = try HostArgument.parse(host)
@@ -89,6 +97,8 @@ struct Serve: ParsableCommand {
         if mode & 0o002 != 0 { throw ValidationError("--log-mode \(logMode): a log others can write is a log anyone can forge") }
         if log == "-" && !echoes { throw ValidationError("--log - writes the lines to stdout, which --no-echo turns off") }
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
+        if databasePasswordFile != nil && database == nil { throw ValidationError("--database-password-file needs --database") }
+        guard (1...64).contains(databaseConnections) else { throw ValidationError("--database-connections must be 1...64") }
         if keyLog != nil && !forwardSecrecy {
             throw ValidationError("--key-log needs --forward-secrecy (only forward-secret sessions have key-log lines)")
         }
@@ -168,6 +178,20 @@ struct Serve: ParsableCommand {
                 throw CommandFailure(message: "\(error)", exitCode: 2)
             }
             if metrics != nil { configuration.metrics = ServerMetrics() }
+            if let database {
+                do {
+                    let url = try DatabaseURL(parsing: database, passwordFile: databasePasswordFile)
+                    url.hidePassword()
+                    var options = PostgresLineStore.Options()
+                    options.connections = databaseConnections
+                    configuration.lineStore = try PostgresLineStore.connectBlocking(url: url, options: options) {
+                        StandardError.line("securemsg serve: \($0)")
+                    }
+                    StandardError.line("securemsg serve: storing lines in \(url)")
+                } catch {
+                    throw CommandFailure(message: "\(error)", exitCode: 1)
+                }
+            }
             let notifier = SystemdNotifier()
             let server: SecureServer
             do {

@@ -1,0 +1,162 @@
+import Foundation
+import Testing
+
+/// A private PostgreSQL for the database tests: Debian's server binaries (scripts/setup installs
+/// `postgresql`), `initdb` into a temporary directory, listening on a free loopback port and on a unix
+/// socket in that directory, fsync on. PostgreSQL refuses to run as root: as root, the directory is
+/// given to the `postgres` user (the Debian package creates it) and every server command runs through
+/// `runuser -u postgres --`.
+///
+/// Started once per test process (`shared`), stopped at exit (atexit) — and by a watchdog shell that
+/// stops it when the test process is gone, so a crashed or killed test run leaves no server behind.
+/// TCP connections need a password (scram-sha-256; serve is given it by PGPASSWORD); the unix socket
+/// trusts, for the tests' own `psql` checks.
+final class PostgresServer: @unchecked Sendable {
+    let directory: URL
+    let port: Int
+    let user = "postgres"
+    let password: String
+    private let binDirectory: String
+    private let runAs: String?
+    var dataDirectory: String { directory.appendingPathComponent("data").path }
+    var socketDirectory: String { directory.path }
+
+    /// nil (with the reason) when no PostgreSQL server binaries are installed.
+    nonisolated(unsafe) static var startFailure: String?
+    static let shared: PostgresServer? = {
+        do {
+            let server = try PostgresServer()
+            atexit { PostgresServer.shared?.stopForGood() }
+            return server
+        } catch {
+            startFailure = "\(error)"
+            return nil
+        }
+    }()
+
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    init() throws {
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
+        guard let version = versions.compactMap(Int.init).max() else {
+            throw Failure(description: "no PostgreSQL server in /usr/lib/postgresql (scripts/setup installs postgresql)")
+        }
+        binDirectory = "/usr/lib/postgresql/\(version)/bin"
+        runAs = geteuid() == 0 ? "postgres" : nil
+        directory = URL(fileURLWithPath: "/tmp/securemsg-pg-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        if let runAs {
+            guard let account = getpwnam(runAs) else { throw Failure(description: "no \(runAs) user to run PostgreSQL as (install postgresql)") }
+            chown(directory.path, account.pointee.pw_uid, account.pointee.pw_gid)
+        }
+        chmod(directory.path, 0o700)
+        password = "pw-\(UUID().uuidString)"
+        let passwordFile = directory.appendingPathComponent("pwfile").path
+        try (password + "\n").write(toFile: passwordFile, atomically: false, encoding: .utf8)
+        if let runAs, let account = getpwnam(runAs) { chown(passwordFile, account.pointee.pw_uid, account.pointee.pw_gid) }
+        port = try freeLoopbackPort()
+        let initdb = try run("initdb", ["-D", dataDirectory, "-U", user, "--pwfile", passwordFile, "-E", "UTF8", "--locale", "C",
+                                        "--auth-local", "trust", "--auth-host", "scram-sha-256", "--no-sync"])
+        guard initdb.status == 0 else { throw Failure(description: "initdb failed: \(initdb.output)") }
+        try start()
+        startWatchdog()
+    }
+
+    /// pg_ctl start, waiting until it accepts connections.
+    func start() throws {
+        let options = "-c listen_addresses=127.0.0.1 -c port=\(port) -c unix_socket_directories=\(socketDirectory) -c fsync=on -c max_connections=200 -c shared_buffers=32MB"
+        // After a kill -9 the old backends may hold the shared memory for a moment: try again then.
+        for attempt in 1...10 {
+            let result = try run("pg_ctl", ["start", "-w", "-t", "60", "-D", dataDirectory, "-l", directory.appendingPathComponent("server.log").path, "-o", options])
+            if result.status == 0 { return }
+            if attempt == 10 { throw Failure(description: "pg_ctl start failed: \(result.output) \(serverLog.suffix(2000))") }
+            usleep(500_000)
+        }
+    }
+
+    /// pg_ctl stop: `fast` (clean) or `immediate` (as a crash: recovery at the next start).
+    func stop(mode: String = "fast") {
+        _ = try? run("pg_ctl", ["stop", "-w", "-t", "60", "-D", dataDirectory, "-m", mode])
+    }
+
+    /// SIGKILL to the postmaster, then waits until every backend is gone (they exit when it dies).
+    func kill9() {
+        guard let text = try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8),
+              let pid = Int32(text.split(separator: "\n").first ?? "") else { return }
+        kill(pid, SIGKILL)
+        for _ in 0..<200 {
+            if (try? run("/usr/bin/pgrep", ["-f", "-u", runAs ?? "\(geteuid())", "D \(dataDirectory)"]))?.status == 1 { break }
+            usleep(50_000)
+        }
+        usleep(200_000)
+    }
+
+    private var stopped = false
+    func stopForGood() {
+        guard !stopped else { return }
+        stopped = true
+        stop(mode: "immediate")
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    var serverLog: String { (try? String(contentsOfFile: directory.appendingPathComponent("server.log").path, encoding: .utf8)) ?? "" }
+
+    /// A fresh database for one test.
+    func createDatabase() throws -> String {
+        let name = "t_" + UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: "")
+        let result = try psql("postgres", "CREATE DATABASE \(name)")
+        guard result.status == 0 else { throw Failure(description: "CREATE DATABASE: \(result.output)") }
+        return name
+    }
+
+    /// The URL serve is given (password through PGPASSWORD, never the URL).
+    func url(_ database: String) -> String { "postgresql://\(user)@127.0.0.1:\(port)/\(database)?sslmode=disable" }
+
+    /// psql over the unix socket (trusted): unaligned, tuples only, fields separated by `|`.
+    func psql(_ database: String, _ sql: String) throws -> (status: Int32, output: String) {
+        try run("/usr/bin/psql", ["-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-h", socketDirectory, "-p", "\(port)",
+                                  "-U", user, "-d", database, "-c", sql], asServerUser: false)
+    }
+
+    /// Runs a server binary (as the server user when root) or any program; stdout and stderr together.
+    @discardableResult
+    func run(_ program: String, _ arguments: [String], asServerUser: Bool = true) throws -> (status: Int32, output: String) {
+        let process = Process()
+        let executable = program.hasPrefix("/") ? program : "\(binDirectory)/\(program)"
+        if asServerUser, let runAs {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+            process.arguments = ["-u", runAs, "--", executable] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        }
+        process.currentDirectoryURL = URL(fileURLWithPath: "/tmp")
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("pg-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: output) }
+        let handle = try FileHandle(forWritingTo: output)
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try? handle.close()
+        return (process.terminationStatus, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+    }
+
+    /// A shell that outlives nothing: it waits for this test process to end, then stops the server.
+    private func startWatchdog() {
+        let script = """
+            while kill -0 \(getpid()) 2>/dev/null; do sleep 1; done
+            \(runAs.map { "runuser -u \($0) -- " } ?? "")\(binDirectory)/pg_ctl stop -D \(dataDirectory) -m immediate >/dev/null 2>&1
+            rm -rf \(directory.path)
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", script]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try? process.run()
+    }
+}
