@@ -56,8 +56,10 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
         configuration.options.additionalStartupParameters = [("application_name", "securemsg serve")]
         let client = PostgresClient(configuration: configuration)
         self.client = client
-        runner = Task { await client.run() }
-        reporter = DatabaseReporter(url: url, output: diagnostics)
+        let runner = Task { await client.run() }
+        self.runner = runner
+        let reporter = DatabaseReporter(url: url, output: diagnostics)
+        self.reporter = reporter
         let logger = Logger(label: "securemsg.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
         let utf8: Bool
         do {
