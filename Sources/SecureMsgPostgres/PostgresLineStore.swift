@@ -61,9 +61,28 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
         let reporter = DatabaseReporter(url: url, output: diagnostics)
         self.reporter = reporter
         let logger = Logger(label: "securemsg.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+        // One connection of its own first (the pool would retry a refused login forever): its error is
+        // the one to show, and it sets up the tables.
+        var direct: PostgresConnection.Configuration
+        if let directory = url.socketDirectory {
+            direct = .init(unixSocketPath: "\(directory)/.s.PGSQL.\(url.port)", username: url.user, password: url.password, database: url.database)
+        } else {
+            let tls: PostgresConnection.Configuration.TLS = switch url.tls {
+            case .disable: .disable
+            case .prefer: .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            case .require: .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            }
+            direct = .init(host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: tls)
+        }
+        direct.options.connectTimeout = .seconds(5)
+        let setup = direct
         let utf8: Bool
         do {
-            utf8 = try await withTimeout(.seconds(15)) { try await PostgresSchema.prepare(client, logger: logger) }
+            utf8 = try await withTimeout(.seconds(15)) {
+                let connection = try await PostgresConnection.connect(configuration: setup, id: 0, logger: logger)
+                defer { Task { try? await connection.close() } }
+                return try await PostgresSchema.prepare(connection, logger: logger)
+            }
         } catch {
             runner.cancel()
             throw DatabaseURL.Failure(description: "database \(url): \(url.redacted(describe(error)))")
@@ -173,6 +192,13 @@ final class BatchWriter: @unchecked Sendable {
         while let batch = takeBatch() {
             let query = statement.query(for: batch.map(\.lines))
             while true {
+                // A commit that hangs (database down: the pool waits to reconnect) is reported too.
+                let reporter = self.reporter
+                let slow = Task {
+                    try await Task.sleep(for: .seconds(2))
+                    reporter.failed("commit", Stalled())
+                }
+                defer { slow.cancel() }
                 do {
                     if let query {
                         try await withTimeout(options.queryTimeout) {
@@ -189,7 +215,7 @@ final class BatchWriter: @unchecked Sendable {
                     try? await Task.sleep(for: .seconds(backoff.nextDelay()))
                 }
             }
-            if backoff.attempts > 0 { reporter.recovered() }
+            reporter.recovered()
             backoff.reset()
             for item in batch { item.completion(true) }
         }
@@ -247,6 +273,7 @@ func describe(_ error: Error) -> String {
         return "\(error.code)"
     }
     if error is TimedOut { return "no answer within the timeout" }
+    if error is Stalled { return "no answer for 2 s (database down or slow)" }
     return plainText(error)
 }
 
@@ -256,6 +283,7 @@ private func plainText(_ error: Error) -> String {
 }
 
 struct TimedOut: Error {}
+struct Stalled: Error {}
 
 /// Runs `body`, cancelling it after `timeout`.
 func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {

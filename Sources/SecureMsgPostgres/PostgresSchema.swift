@@ -49,8 +49,8 @@ enum PostgresSchema {
 
     /// Creates or migrates the tables; returns whether the server encodes text as UTF-8 (else the
     /// `text` column stays NULL: converting would fail on characters the encoding lacks).
-    static func prepare(_ client: PostgresClient, logger: Logger) async throws -> Bool {
-        try await client.withConnection { connection in
+    static func prepare(_ connection: PostgresConnection, logger: Logger) async throws -> Bool {
+        do {
             try await connection.query("BEGIN", logger: logger)
             do {
                 try await connection.query("SELECT pg_advisory_xact_lock(\(setupLock))", logger: logger)

@@ -69,7 +69,7 @@ import Testing
         let node = try DatabaseNode(pg: pg, database: db)
         let total = Self.heavy ? 300_000 : 60_000
         let input = numberedLines("k", count: total)
-        let client = try backgroundSend(port: node.port, keyPath: node.keyPath, input: try writeInput(input, in: node.directory), extra: ["--retry"])
+        let client = try Self.pacedSend(node, input, seconds: 8)
         for kill in 0..<4 {
             let target = total * kill / 5 + Int.random(in: 0..<(total / 5))
             DatabaseTests.waitUntil(timeout: 120) { node.storedCount() >= target || !client.process.isRunning }
@@ -95,7 +95,7 @@ import Testing
         defer { node.kill9() }
         let total = Self.heavy ? 200_000 : 60_000
         let input = numberedLines("p", count: total)
-        let client = try backgroundSend(port: node.port, keyPath: node.keyPath, input: try writeInput(input, in: node.directory), extra: ["--retry"])
+        let client = try Self.pacedSend(node, input, seconds: 10)
         for (round, mode) in ["fast", "immediate", "kill"].enumerated() {
             DatabaseTests.waitUntil(timeout: 120) { node.storedCount() >= total * (round + 1) / 4 || !client.process.isRunning }
             if mode == "kill" { pg.kill9() } else { pg.stop(mode: mode) }
@@ -177,6 +177,24 @@ import Testing
         #expect(resumed == storedByA, "\(stderr)")
         let firstOnB = lines(nodeB.log).first.map(String.init)
         #expect(firstOnB == "n-\(storedByA)", "B logged from \(firstOnB ?? "nothing"), database had \(storedByA)")
+    }
+
+    /// send --retry fed `input` through a pipe in 50 pieces over about `seconds`, so that kills and
+    /// outages land mid-stream.
+    static func pacedSend(_ node: DatabaseNode, _ input: Data, seconds: Double) throws -> BackgroundClient {
+        let pipe = Pipe()
+        _ = RawSocket.ignoreSIGPIPE
+        let client = try BackgroundClient(["send", "--port", "\(node.port)", "--key-file", node.keyPath, "--retry"], standardInput: pipe)
+        let pieces = lines(input)
+        let step = max(1, pieces.count / 50)
+        Thread.detachNewThread {
+            for start in stride(from: 0, to: pieces.count, by: step) {
+                pipe.fileHandleForWriting.write(Data((pieces[start..<min(pieces.count, start + step)].joined(separator: "\n") + "\n").utf8))
+                usleep(UInt32(seconds * 1_000_000 / 50))
+            }
+            try? pipe.fileHandleForWriting.close()
+        }
+        return client
     }
 
     static func waitUntil(timeout: TimeInterval, _ condition: () -> Bool) {
