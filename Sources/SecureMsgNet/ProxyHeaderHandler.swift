@@ -62,6 +62,12 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        // No peer address: the connection was reset before it was accepted (HAProxy ends its health checks
+        // with a RST, often before serve gets to them). Nobody is left to serve or to refuse.
+        guard context.channel.remoteAddress != nil else {
+            done = true
+            return context.close(promise: nil)
+        }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(deadline: handshakeDeadline) {
             let (handler, context) = bound.value
@@ -173,18 +179,26 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        if !done || afterLocalHeader {
-            if case .balancer = peerKind, !receivedAny || afterLocalHeader {
+    /// The peer's FIN or close before a session took over: a health check (nothing, or LOCAL only), a
+    /// truncated header, or a direct peer that left before its first decisive byte.
+    private func inputEnded(_ context: ChannelHandlerContext) {
+        guard !done || afterLocalHeader else { return }
+        if case .balancer = peerKind {
+            if !receivedAny || afterLocalHeader {
                 shared.configuration.metrics?.proxyHealthCheck()
-            } else if case .balancer = peerKind, !done {
+            } else {
                 shared.configuration.metrics?.refused("proxy_header")
                 shared.refusals.report(
                     "proxy-truncated",
                     "securemsg serve: \(connection): refused: connection closed inside the PROXY header (\(decoder.heldCount) bytes of one)")
             }
-            done = true
         }
+        afterLocalHeader = false
+        close(context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        inputEnded(context)
         timer?.cancel()
         timer = nil
         // Until a session took over, this handler holds the connection's registration and slot.
@@ -197,6 +211,7 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ShutdownRequest { return close(context) }  // no session yet: nothing to drain
+        if let event = event as? ChannelEvent, event == .inputClosed { return inputEnded(context) }
         context.fireUserInboundEventTriggered(event)
     }
 
