@@ -73,6 +73,8 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
             let (handler, context) = bound.value
             handler.timer = nil
             if handler.afterLocalHeader { return handler.close(context) }  // a health check holding on
+            // A direct peer that said nothing decisive: the session reports its handshake timeout as ever.
+            if case .direct = handler.peerKind { return handler.startDirectSession(context) }
             handler.refuse(context, "proxy-timeout", "no PROXY header within the handshake timeout (\(handler.decoder.heldCount) bytes of one)")
         }
         context.fireChannelActive()
@@ -122,8 +124,16 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// A direct peer, before its first decisive byte: the session takes over with what came so far.
+    private func startDirectSession(_ context: ChannelHandlerContext, then event: Any? = nil) {
+        guard case .direct(let slot) = peerKind, !done else { return }
+        let bytes = undecided ?? context.channel.allocator.buffer(capacity: 0)
+        undecided = nil
+        startSession(context, peer: connection, source: sourceAddress(context.channel.remoteAddress), slot: slot, bytes: bytes, then: event)
+    }
+
     /// The peer is known: the session handler takes over (after the per-source limit, for a relayed client).
-    private func startSession(_ context: ChannelHandlerContext, peer: String, source: String, slot: SourceSlot?, bytes: ByteBuffer) {
+    private func startSession(_ context: ChannelHandlerContext, peer: String, source: String, slot: SourceSlot?, bytes: ByteBuffer, then event: Any? = nil) {
         done = true
         timer?.cancel()
         timer = nil
@@ -152,6 +162,7 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         sessionStarted = true
         if bytes.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(bytes)) }
+        if let event { context.fireUserInboundEventTriggered(event) }
         pipeline.removeHandler(context: context, promise: nil)
     }
 
@@ -211,7 +222,11 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ShutdownRequest { return close(context) }  // no session yet: nothing to drain
-        if let event = event as? ChannelEvent, event == .inputClosed { return inputEnded(context) }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // A direct peer's FIN before anything decisive: the session judges its end, as without --proxy-protocol.
+            if case .direct = peerKind, !done { return startDirectSession(context, then: event) }
+            return inputEnded(context)
+        }
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -108,7 +108,7 @@ import Testing
     }
 
     @Test func aHeaderFromAnUnlistedSourceIsRefusedAndItsDirectClientsAreServed() throws {
-        let server = try ServerProcess(arguments: Self.balancer)
+        let server = try ServerProcess(arguments: Self.balancer + ["--handshake-timeout", "1"])
         let key = try loadKey(server.keyPath)
         let stderr = StderrIndex(path: server.stderrPath)
 
@@ -130,6 +130,16 @@ import Testing
         try direct.disconnect()
         #expect(Self.rows(server, peer: direct.peer).count == 1)
         #expect(!String(decoding: server.log, as: UTF8.self).contains("10.9.8.7"))
+
+        // A direct client that says nothing, or half a hello and its FIN, ends as it does without
+        // --proxy-protocol: the session's own lines.
+        let silent = try RawSocket(port: server.port, source: "127.0.0.2")
+        #expect(stderr.waitForLines(about: silent.peer, timeout: 10).contains { $0.contains(": error: handshake timeout") })
+        let halfHello = try RawClient(port: server.port, key: key, source: "127.0.0.2")
+        try halfHello.socket.write(Array(halfHello.clientHello.prefix(3)))
+        halfHello.socket.shutdownWrite()
+        #expect(halfHello.socket.waitForClose(timeout: 10).how != .timeout)
+        #expect(stderr.waitForLines(about: halfHello.peer).contains { $0.contains(" #") && $0.contains("error") })
     }
 
     @Test func aBalancerAddressWithoutAHeaderIsRefused() throws {
