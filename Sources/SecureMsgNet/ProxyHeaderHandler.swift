@@ -102,6 +102,7 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case .balancer:
             if afterLocalHeader {
+                afterLocalHeader = false
                 return startSession(context, peer: connection, source: sourceAddress(context.channel.remoteAddress), slot: nil, bytes: buffer)
             }
             switch buffer.withUnsafeReadableBytes({ decoder.feed($0) }) {
