@@ -81,6 +81,12 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("File whose first line is the database password.", valueName: "path"))
     var databasePasswordFile: String?
     @Option(help: "Connections that write to the database (streams are spread over them).") var databaseConnections = 4
+    @Flag(help: "Behind a load balancer: connections from --proxy-from start with a PROXY protocol header (v2 or v1), and the client it names is the peer in every row, stderr line and per-source limit.")
+    var proxyProtocol = false
+    @Option(help: ArgumentHelp(
+        "The load balancers (with --proxy-protocol): addresses or CIDR blocks, IPv4 or IPv6, comma-separated. Their connections without a PROXY header are refused, and so are connections from anywhere else that send one.",
+        valueName: "cidr,..."))
+    var proxyFrom: String?
 
     func validate() throws {
         _ = try HostArgument.parse(host)
@@ -99,6 +105,14 @@ struct Serve: ParsableCommand {
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
         if databasePasswordFile != nil && database == nil { throw ValidationError("--database-password-file needs --database") }
         guard (1...64).contains(databaseConnections) else { throw ValidationError("--database-connections must be 1...64") }
+        if proxyProtocol != (proxyFrom != nil) {
+            throw ValidationError(proxyProtocol
+                ? "--proxy-protocol needs --proxy-from CIDR,... (the balancers whose headers are believed)"
+                : "--proxy-from needs --proxy-protocol")
+        }
+        if let proxyFrom {
+            do { _ = try NetworkRange.parseList(proxyFrom) } catch { throw ValidationError("--proxy-from: \(error)") }
+        }
         if keyLog != nil && !forwardSecrecy {
             throw ValidationError("--key-log needs --forward-secrecy (only forward-secret sessions have key-log lines)")
         }
@@ -172,6 +186,7 @@ struct Serve: ParsableCommand {
             configuration.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
             configuration.forwardSecrecy = forwardSecrecy
             configuration.keyLogPath = keyLog
+            configuration.proxyFrom = try proxyFrom.map { try NetworkRange.parseList($0) }
             do {
                 configuration.listeningDescriptors = try SocketActivation.listeningDescriptors()
             } catch {
