@@ -46,6 +46,9 @@ struct BatchStatement: Sendable {
         let totalBytes = records.reduce(0) { $0 + $1.lines.count }
         // All lines in one buffer; each array element is a slice of it (no copy per line).
         var all = ByteBufferAllocator().buffer(capacity: totalBytes)
+        // Slices are taken once every line is written: a slice shares the storage, and a write to
+        // shared storage copies all of it (copy on write), once per line.
+        var spans: [(at: Int, length: Int)] = []
         for record in records where record.lineCount > 0 {
             identities.append(record.key.identity)
             streams.append(ByteBuffer(bytes: record.key.id))
@@ -60,9 +63,8 @@ struct BatchStatement: Sendable {
                     let end = memchr(bytes.baseAddress! + start, 0x0A, bytes.count - start)
                         .map { bytes.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? bytes.count
                     let line = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
-                    let at = all.writerIndex
+                    spans.append((all.writerIndex, line.count))
                     all.writeBytes(line)
-                    lines.append(all.getSlice(at: at, length: line.count)!)
                     valid.append(utf8 && isStorableText(line))
                     lineRecords.append(index)
                     offsets.append(Int64(offset))
@@ -73,6 +75,7 @@ struct BatchStatement: Sendable {
             let previous = ends[record.key]
             ends[record.key] = (max(previous?.end ?? 0, record.endOffset), max(previous?.at ?? record.receivedAt, record.receivedAt))
         }
+        lines = spans.map { all.getSlice(at: $0.at, length: $0.length)! }
         guard !lines.isEmpty else { return nil }
         let sorted = ends.sorted { a, b in
             a.key.identity != b.key.identity ? a.key.identity < b.key.identity : a.key.id.lexicographicallyPrecedes(b.key.id)
