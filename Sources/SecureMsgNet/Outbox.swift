@@ -99,6 +99,8 @@ public final class Outbox: @unchecked Sendable {
     /// Input has ended and every line taken is acknowledged.
     public var isDrained: Bool { condition.withLock { inputFinished && _firstHeld == _nextOffset } }
     public var isInputFinished: Bool { condition.withLock { inputFinished } }
+    /// Lines below this are durable in the spool (all taken lines, without a spool): sendable.
+    var syncedOffset: UInt64 { condition.withLock { min(synced, _nextOffset) } }
 
     /// Takes whole lines (each ending in "\n"); blocks while the outbox is full (a lone batch larger
     /// than the bound is still taken when the outbox is empty). Throws only on a spool write error.
