@@ -7,9 +7,11 @@ import Foundation
 /// `DIR/<20-digit offset>.lines` segments hold lines verbatim (each ending "\n"), the first line of each
 /// being that offset; `DIR/acked` is the offset below which the server acknowledged everything (a hint:
 /// the server's own resume offset decides); `DIR/lock` is flock'ed by the one client using the spool.
-/// Lines are appended as they are read and fdatasync'd in groups by a thread of its own; only synced
-/// lines are sent, so no line can be in the log but missing from the spool after a crash of the machine.
-/// A torn last line (kill -9 during an append) was never sent: it is cut off at open.
+/// Lines are appended as they are read and fdatasync'd in groups by a thread of its own (group commit,
+/// `startSyncing`); a line is sent only once an fdatasync that began after its append has returned, so
+/// no line can be in the log but missing from the spool after a crash of the machine. A torn last line
+/// (kill -9 during an append) was never sent: it is cut off at open. The format is the one of the first
+/// spool build (a spool of either build opens in the other); `acked` is now written as 20 digits.
 public final class Spool: @unchecked Sendable {
     public let directory: String
     public let streamID: [UInt8]
