@@ -240,9 +240,11 @@ public final class Spool: @unchecked Sendable {
         }
     }
 
-    /// The sender is short of synced lines: sync what is appended now. Under `lock`.
+    /// The sender is short of synced lines: sync what is appended now. Under `lock`. Kept even when
+    /// nothing is pending yet: the append the sender waits for may be between the outbox and
+    /// `requestSync` (a stale wish only makes the next group smaller).
     private func urge() {
-        guard !urgent, requested > syncedUpTo else { return }
+        guard !urgent else { return }
         urgent = true
         lock.signal()
     }
