@@ -14,14 +14,34 @@ final class RefusalHandler: ChannelInboundHandler {
     private let refusal: [UInt8]
     private let onClose: () -> Void
 
+    private var sent = false
+
     init(code: RefusalCode, text: String, onClose: @escaping () -> Void = {}) {
-        let session = Session(server: .init())
-        session.refuse(code: code, text: text)
-        refusal = session.takeOutbound()
+        refusal = Self.refusalBytes(code: code, text: text)
         self.onClose = onClose
     }
 
+    /// The Refusal message's bytes.
+    static func refusalBytes(code: RefusalCode, text: String) -> [UInt8] {
+        let session = Session(server: .init())
+        session.refuse(code: code, text: text)
+        return session.takeOutbound()
+    }
+
+    /// Added at accept, it answers once the channel is active; added later (after a PROXY header named
+    /// the client, ProxyHeaderHandler), at once.
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { send(context) }
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        send(context)
+        context.fireChannelActive()
+    }
+
+    private func send(_ context: ChannelHandlerContext) {
+        guard !sent else { return }
+        sent = true
         var buffer = context.channel.allocator.buffer(capacity: refusal.count)
         buffer.writeBytes(refusal)
         let channel = context.channel

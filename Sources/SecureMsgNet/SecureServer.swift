@@ -118,6 +118,22 @@ public final class SecureServer: Sendable {
                 value: .init(low: shared.configuration.maxOutboundBytesPerConnection / 2, high: shared.configuration.maxOutboundBytesPerConnection))
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2048, maximum: 1 << 20))
             .childChannelInitializer { channel in
+                let handshakeDeadline = NIODeadline.now() + shared.configuration.handshakeTimeout
+                func refuseAtLimit(onClose: @escaping () -> Void = {}) -> EventLoopFuture<Void> {
+                    shared.configuration.metrics?.refused("connection_limit")
+                    shared.refusals.report(
+                        "connection limit",
+                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
+                    return refuse(channel, .tooManyConnections, "too many connections", onClose: onClose)
+                }
+                if let balancers = shared.configuration.proxyFrom, ProxyHeaderHandler.isBalancer(channel.remoteAddress, balancers) {
+                    // The client is named by the PROXY header: its per-source slot is taken then.
+                    guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else { return refuseAtLimit() }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ProxyHeaderHandler(shared: shared, sessionID: id, peer: .balancer, handshakeDeadline: handshakeDeadline))
+                    }
+                }
                 // Refusals cost a lock and a counter; their stderr lines are rate-limited (see `refusals`).
                 let source = sourceAddress(channel.remoteAddress)
                 guard let slot = shared.sources.acquire(source) else {
@@ -128,15 +144,20 @@ public final class SecureServer: Sendable {
                     return refuse(channel, .rateLimited, "rate limited: too many connections from your address")
                 }
                 guard let id = shared.registry.add(channel, limit: shared.configuration.maxConnections) else {
-                    shared.configuration.metrics?.refused("connection_limit")
-                    shared.refusals.report(
-                        "connection limit",
-                        "securemsg serve: \(formatPeer(channel.remoteAddress)): refused: connection limit (\(shared.configuration.maxConnections)) reached")
                     // The source slot is held until the refused connection is gone.
-                    return refuse(channel, .tooManyConnections, "too many connections") { slot.release() }
+                    return refuseAtLimit { slot.release() }
                 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ServerSessionHandler(shared: shared, sessionID: id, sourceSlot: slot))
+                    if shared.configuration.proxyFrom != nil {
+                        // Not a balancer: served directly, unless it sends a PROXY header.
+                        try channel.pipeline.syncOperations.addHandler(
+                            ProxyHeaderHandler(shared: shared, sessionID: id, peer: .direct(slot), handshakeDeadline: handshakeDeadline))
+                    } else {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ServerSessionHandler(
+                                shared: shared, sessionID: id, sourceSlot: slot, peer: formatPeer(channel.remoteAddress),
+                                handshakeDeadline: handshakeDeadline))
+                    }
                 }
             }
         var channels: [Channel] = []

@@ -74,6 +74,9 @@ public struct ServerConfiguration: Sendable {
     public var listeningDescriptors: [Int32] = []
     /// Counters for `--metrics` (nil: not collected).
     public var metrics: ServerMetrics?
+    /// `--proxy-protocol --proxy-from`: the load balancers whose connections start with a PROXY header
+    /// naming the client (ProxyHeaderHandler); nil: no PROXY protocol.
+    public var proxyFrom: [NetworkRange]?
 
     public init(key: PreSharedKey) { self.keys = ServerKeys(key: key) }
     public init(keys: ServerKeys) { self.keys = keys }

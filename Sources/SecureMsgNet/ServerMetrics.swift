@@ -30,6 +30,7 @@ public final class ServerMetrics: Sendable {
         var authenticationFailures = 0
         var backpressureStalls = 0
         var refusals: [String: Int] = [:]
+        var proxyHealthChecks = 0
         var ackLatency = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1])
         var fsyncLatency = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1])
     }
@@ -48,6 +49,8 @@ public final class ServerMetrics: Sendable {
         }
     }
     func refused(_ reason: String) { state.withLock { $0.refusals[reason, default: 0] += 1 } }
+    /// A --proxy-from balancer's connection that ended with no session: nothing sent, or a PROXY LOCAL header only.
+    func proxyHealthCheck() { state.withLock { $0.proxyHealthChecks += 1 } }
     func authenticationFailed() { state.withLock { $0.authenticationFailures += 1 } }
     func backpressureStall() { state.withLock { $0.backpressureStalls += 1 } }
     func synced(seconds: Double) { state.withLock { $0.fsyncLatency.observe(seconds) } }
@@ -70,7 +73,9 @@ public final class ServerMetrics: Sendable {
         metric("lines_logged_total", "counter", "Lines logged and acknowledged.", [("", "\(s.linesLogged)")])
         metric("bytes_logged_total", "counter", "Bytes of lines (with their newlines, before formatting) logged and acknowledged.", [("", "\(s.bytesLogged)")])
         metric("refusals_total", "counter", "Connections refused, by reason.",
-               ["connection_limit", "per_source_limit"].map { ("{reason=\"\($0)\"}", "\(s.refusals[$0] ?? 0)") })
+               ["connection_limit", "per_source_limit", "proxy_header"].map { ("{reason=\"\($0)\"}", "\(s.refusals[$0] ?? 0)") })
+        metric("proxy_health_checks_total", "counter", "Connections from a --proxy-from balancer that closed with no session: nothing sent, or a PROXY LOCAL header only.",
+               [("", "\(s.proxyHealthChecks)")])
         metric("authentication_failures_total", "counter", "Sessions ended by a failed handshake or frame authentication.",
                [("", "\(s.authenticationFailures)")])
         metric("backpressure_stalls_total", "counter", "Times serve stopped reading from a client until the log writer caught up.",

@@ -12,7 +12,10 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     private let session: Session
     private let shared: ServerShared
     private let sessionID: UInt64
-    private var peer = "?"
+    /// The client as rows and stderr lines name it: the socket's peer, or the one a PROXY header named.
+    private let peer: String
+    /// Accept time plus --handshake-timeout (a PROXY header's time included).
+    private let handshakeDeadline: NIODeadline
     /// The hello's identity and the key it was accepted with (nil: unknown identity, or not yet answered).
     private var identity = ""
     private var acceptedKey: PreSharedKey?
@@ -60,16 +63,19 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// stream passes to a resuming session only once this is 0 after the end.
     private var recordsAtWriter = 0
 
-    init(shared: ServerShared, sessionID: UInt64, sourceSlot: SourceSlot) {
+    init(shared: ServerShared, sessionID: UInt64, sourceSlot: SourceSlot, peer: String, handshakeDeadline: NIODeadline) {
         self.shared = shared
         self.sessionID = sessionID
         self.sourceSlot = sourceSlot
+        self.peer = peer
+        self.handshakeDeadline = handshakeDeadline
         self.session = Session(server: .init(keyLog: shared.keyLog != nil))
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        peer = formatPeer(context.channel.remoteAddress)
+        // Added after a PROXY header, the channel is active already: no channelActive will come.
+        if context.channel.isActive { armHandshakeTimer(context) }
     }
 
     /// The context holds this handler and this handler held the context: without breaking that cycle
@@ -118,11 +124,16 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        armHandshakeTimer(context)
+        context.fireChannelActive()
+    }
+
+    private func armHandshakeTimer(_ context: ChannelHandlerContext) {
+        guard handshakeTimer == nil, !authenticated, !ended else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        handshakeTimer = context.eventLoop.scheduleTask(in: shared.configuration.handshakeTimeout) {
+        handshakeTimer = context.eventLoop.scheduleTask(deadline: handshakeDeadline) {
             bound.value.fail("handshake timeout")
         }
-        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -10,7 +10,7 @@ import Darwin
 // crashes, and `--make-seeds` writes fixtures/fuzz/ from fixtures/protocol and fixtures/captures.
 
 enum FuzzTarget: String, CaseIterable, Sendable {
-    case server, client, handshake, observer, capture
+    case server, client, handshake, observer, capture, proxy
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -19,6 +19,7 @@ enum FuzzTarget: String, CaseIterable, Sendable {
         case .handshake: fuzzHandshake(bytes)
         case .observer: fuzzObserver(bytes)
         case .capture: fuzzCapture(bytes)
+        case .proxy: fuzzProxyHeader(bytes)
         }
     }
 

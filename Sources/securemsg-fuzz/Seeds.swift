@@ -280,6 +280,17 @@ func makeSeeds(root: String) {
         seed(.capture, "packets-session", [2] + portBytes + [0] + list)
         seed(.capture, "packets-session-small-buffer", [2] + portBytes + [2] + list)
     }
+    // PROXY protocol headers: each vector of fixtures/proxy/, header and the bytes after it.
+    let proxyDirectory = "\(root)/fixtures/proxy"
+    for name in listDirectory(proxyDirectory) where name.hasSuffix(".txt") {
+        guard let text = readFile("\(proxyDirectory)/\(name)").map({ String(decoding: $0, as: UTF8.self) }) else { continue }
+        var bytes: [UInt8] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("header: ") || line.hasPrefix("after: ") {
+            let hex = Array(line.split(separator: " ")[1].utf8)
+            bytes += stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
+        }
+        seed(.proxy, "vector-\(name.dropLast(4))", bytes)
+    }
     for (target, n) in written.sorted(by: { $0.key < $1.key }) {
         print("\(out)/\(target): \(n) seeds")
     }

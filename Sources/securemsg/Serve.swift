@@ -73,6 +73,12 @@ struct Serve: ParsableCommand {
     @Option(help: "Forget streams with no line logged for this many seconds (a client resuming one later starts over at offset 0).")
     var forgetStreamsAfter = 604_800
     @Option(help: "Streams kept in the table; beyond, the least recently advanced are forgotten.") var maxStreams = 1_000_000
+    @Flag(help: "Behind a load balancer: connections from --proxy-from start with a PROXY protocol header (v2 or v1), and the client it names is the peer in every row, stderr line and per-source limit.")
+    var proxyProtocol = false
+    @Option(help: ArgumentHelp(
+        "The load balancers (with --proxy-protocol): addresses or CIDR blocks, IPv4 or IPv6, comma-separated. Their connections without a PROXY header are refused, and so are connections from anywhere else that send one.",
+        valueName: "cidr,..."))
+    var proxyFrom: String?
 
     func validate() throws {
         _ = try HostArgument.parse(host)
@@ -89,6 +95,14 @@ struct Serve: ParsableCommand {
         if mode & 0o002 != 0 { throw ValidationError("--log-mode \(logMode): a log others can write is a log anyone can forge") }
         if log == "-" && !echoes { throw ValidationError("--log - writes the lines to stdout, which --no-echo turns off") }
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
+        if proxyProtocol != (proxyFrom != nil) {
+            throw ValidationError(proxyProtocol
+                ? "--proxy-protocol needs --proxy-from CIDR,... (the balancers whose headers are believed)"
+                : "--proxy-from needs --proxy-protocol")
+        }
+        if let proxyFrom {
+            do { _ = try NetworkRange.parseList(proxyFrom) } catch { throw ValidationError("--proxy-from: \(error)") }
+        }
         if keyLog != nil && !forwardSecrecy {
             throw ValidationError("--key-log needs --forward-secrecy (only forward-secret sessions have key-log lines)")
         }
@@ -162,6 +176,7 @@ struct Serve: ParsableCommand {
             configuration.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
             configuration.forwardSecrecy = forwardSecrecy
             configuration.keyLogPath = keyLog
+            configuration.proxyFrom = try proxyFrom.map { try NetworkRange.parseList($0) }
             do {
                 configuration.listeningDescriptors = try SocketActivation.listeningDescriptors()
             } catch {

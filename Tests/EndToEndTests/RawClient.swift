@@ -45,14 +45,30 @@ enum RawSocketError: Error, CustomStringConvertible {
 final class RawSocket {
     private(set) var fd: Int32
     let localPort: Int
+    /// The local address it connects from (127.0.0.1 unless given: any 127/8 address is ours on Linux).
+    let sourceHost: String
 
     /// Ignores SIGPIPE for the whole test process (writes to a closed peer must fail, not kill us).
     static let ignoreSIGPIPE: Void = { signal(SIGPIPE, SIG_IGN) }()
 
-    init(port: Int) throws {
+    init(port: Int, source: String = "127.0.0.1") throws {
         _ = Self.ignoreSIGPIPE
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RawSocketError.system("socket", errno) }
+        if source != "127.0.0.1" {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else {
+                let code = errno
+                Glibc.close(fd)
+                throw RawSocketError.system("bind to \(source)", code)
+            }
+        }
+        sourceHost = source
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -79,7 +95,7 @@ final class RawSocket {
     deinit { close() }
 
     /// How serve names this connection in its stderr lines.
-    var peer: String { "127.0.0.1:\(localPort)" }
+    var peer: String { "\(sourceHost):\(localPort)" }
 
     /// Writes every byte (blocking). Throws if the peer has gone.
     func write(_ bytes: [UInt8]) throws {
@@ -176,8 +192,8 @@ final class RawClient {
 
     /// A v2 client (empty identity unless given, a fresh random stream, PSK-only unless asked).
     init(port: Int, key: PreSharedKey, identity: String = "", forwardSecrecy: ForwardSecrecy = .off,
-         streamID: StreamID = .random(), firstLineOffset: UInt64 = 0) throws {
-        socket = try RawSocket(port: port)
+         streamID: StreamID = .random(), firstLineOffset: UInt64 = 0, source: String = "127.0.0.1") throws {
+        socket = try RawSocket(port: port, source: source)
         session = Session(client: .init(key: key, identity: identity, streamID: streamID, forwardSecrecy: forwardSecrecy,
                                         firstLineOffset: firstLineOffset))
         self.key = key
@@ -347,7 +363,7 @@ final class StderrIndex {
             partial.removeSubrange(...newline)
             all.append(line)
             // "securemsg serve: 127.0.0.1:PORT #ID: ..." or "...: 127.0.0.1:PORT: refused: ..."
-            if let match = line.firstMatch(of: /^securemsg serve: (127\.0\.0\.1:\d+)[ :]/) {
+            if let match = line.firstMatch(of: /^securemsg serve: (127\.\d+\.\d+\.\d+:\d+)[ :]/) {
                 byPeer[String(match.1), default: []].append(line)
             }
         }
