@@ -118,24 +118,25 @@ public enum Escaping {
     }
 
     /// True when every byte is printable ASCII (0x20…0x7E) and none is one of the `excluded` bytes:
-    /// then the escaped form is the bytes themselves. Checked eight bytes at a time.
+    /// then the escaped form is the bytes themselves. Checked eight bytes at a time without a branch per
+    /// word: each term sets a high bit somewhere in the word exactly when some byte fails (the borrows
+    /// and carries of these SWAR tests only reach bytes above one that already fails).
     @inline(__always)
     static func isPlainASCII(_ bytes: UnsafeRawBufferPointer, alsoExcluding first: UInt8, _ second: UInt8? = nil) -> Bool {
         let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
         let firstMask = UInt64(first) &* ones, secondMask = UInt64(second ?? first) &* ones
-        @inline(__always) func hasZeroByte(_ v: UInt64) -> Bool { (v &- ones) & ~v & highs != 0 }
-        @inline(__always) func clean(_ w: UInt64) -> Bool {
-            // No byte ≥ 0x80, none < 0x20, none equal to 0x7F or an excluded byte.
-            w & highs == 0 && (w &- 0x2020_2020_2020_2020) & ~w & highs == 0
-                && !hasZeroByte(w ^ 0x7F7F_7F7F_7F7F_7F7F) && !hasZeroByte(w ^ firstMask) && !hasZeroByte(w ^ secondMask)
-        }
         var i = 0
         let n = bytes.count
         if let base = bytes.baseAddress {
+            var bad: UInt64 = 0
             while i + 8 <= n {
-                if !clean(base.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return false }
+                let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                let a = w ^ firstMask, b = w ^ secondMask
+                // above 0x7E | below 0x20 | equal to `first` | equal to `second`
+                bad |= (w &+ ones) | w | ((w &- 0x2020_2020_2020_2020) & ~w) | ((a &- ones) & ~a) | ((b &- ones) & ~b)
                 i += 8
             }
+            if bad & highs != 0 { return false }
         }
         while i < n {
             let b = bytes[i]

@@ -43,7 +43,9 @@ public struct MessageFormatter: Sendable {
 
     /// Appends one output line per line in `lines` (a DATA plaintext: lines each ending in "\n").
     /// Work that is the same for every line of a frame (time, peer, session) is done once per call.
-    public func append(lines: UnsafeRawBufferPointer, context: LineContext, to output: inout [UInt8]) {
+    /// `lineCount`, when the caller knows it (serve), lets `text` lines that need no escaping be copied
+    /// into an array of the exact size (`PlainText`).
+    public func append(lines: UnsafeRawBufferPointer, context: LineContext, lineCount: Int? = nil, to output: inout [UInt8]) {
         let prefix: [UInt8]
         switch format {
         case .raw where !escapingRaw:
@@ -54,6 +56,9 @@ public struct MessageFormatter: Sendable {
             prefix = []
         case .text:
             prefix = textPrefix(context)
+            if let lineCount, prefix.withUnsafeBytes({ PlainText.appendPrefixed(lines, lineCount: lineCount, prefix: $0, to: &output) }) {
+                return
+            }
         case .jsonl:
             prefix = jsonPrefix(context)
         }

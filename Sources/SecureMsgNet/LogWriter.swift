@@ -74,7 +74,7 @@ public final class LogWriter: @unchecked Sendable {
         self.logPath = logPath
         self.logOptions = logOptions
         self.sync = sync
-        self.echo = echoToStdout ? StdoutEcho(diagnostics: diagnostics) : nil
+        self.echo = echoToStdout && !StdoutEcho.discards(STDOUT_FILENO) ? StdoutEcho(diagnostics: diagnostics) : nil
         self.escapeEcho = escapeEcho
         self.diagnostics = diagnostics
         self.faults = faults

@@ -403,7 +403,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
     /// the writer, and returns its formatted size (0 when offloaded).
     private func formatSlice() -> Int {
         let (durableUpTo, lines, start, firstLine) = pendingFrames[0]
-        let end = lines.withUnsafeBytes { sliceEnd($0, from: start, maxLines: Self.sliceLines, maxBytes: Self.sliceBytes) }
+        // The rest of the frame fits in one slice (every ordinary frame): no pass over its newlines.
+        let fits = durableUpTo - firstLine <= UInt64(Self.sliceLines) && lines.count - start <= Self.sliceBytes
+        let end = fits ? lines.count : lines.withUnsafeBytes { sliceEnd($0, from: start, maxLines: Self.sliceLines, maxBytes: Self.sliceBytes) }
         let last = end == lines.count
         // The stream offset after this slice: the stream table counts the log slice by slice, so that a
         // crash between two slices of a frame leaves no counted-twice or uncounted lines.
@@ -418,13 +420,14 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
         let formatter = shared.formatter
         let context = LineContext(time: shared.clock.now(), peer: peer, session: sessionID, extra: rowFields)
+        let lineCount = Int(sliceEndLine - firstLine)
         let format: @Sendable () -> [UInt8] = {
             var output: [UInt8] = []
             lines.withUnsafeBytes { all in
                 let slice = UnsafeRawBufferPointer(rebasing: all[start..<end])
-                let lineCount = formatter.format == .raw ? 0 : countLines(slice)
-                output.reserveCapacity(slice.count + lineCount * 64)
-                formatter.append(lines: slice, context: context, to: &output)
+                // Text whose lines need no escaping (the common case) is built at its exact size by the formatter.
+                if formatter.format != .text { output.reserveCapacity(slice.count + (formatter.format == .raw ? 0 : lineCount * 64)) }
+                formatter.append(lines: slice, context: context, lineCount: lineCount, to: &output)
             }
             return output
         }

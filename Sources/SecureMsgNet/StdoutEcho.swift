@@ -27,6 +27,14 @@ final class StdoutEcho: @unchecked Sendable {
         thread.start()
     }
 
+    /// True when `fd` is /dev/null (`serve >/dev/null`, as under scripts/bench or a supervisor that
+    /// keeps no output): whatever is written there is discarded, so no thread is woken to copy it.
+    static func discards(_ fd: Int32) -> Bool {
+        var target = stat(), null = stat()
+        guard fstat(fd, &target) == 0, stat("/dev/null", &null) == 0 else { return false }
+        return (target.st_mode & S_IFMT) == S_IFCHR && target.st_rdev == null.st_rdev
+    }
+
     /// Queues a batch for stdout, or drops it when the queue is full. Never blocks.
     func enqueue<Buffers: Sequence<[UInt8]>>(_ buffers: Buffers) {
         condition.lock()

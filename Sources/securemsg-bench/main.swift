@@ -6,6 +6,7 @@ import SecureMsgCore
 // Measurement helpers for scripts/bench. Not a product: it prints JSON for the script to tabulate.
 //
 //   securemsg-bench echo-server                         a plain TCP echo (SwiftNIO, like serve) on a free port
+//   securemsg-bench echo-server-blocking                the fastest plain TCP echo here: a thread per connection, blocking I/O
 //   securemsg-bench rtt KEYFILE|tcp PORT COUNT SIZE     one connection, one message at a time: p50/p99 µs, msg/s
 //   securemsg-bench handshakes KEYFILE PORT SECONDS CONCURRENCY [fs]   (KEYFILE may name an identity) connect, handshake (PSK-only, or X25519 with fs: serve needs --forward-secrecy), one line + disconnect (as `send` does), wait for ACK and DISCONNECT
 //   securemsg-bench sessions KEYFILE PORT COUNT          open COUNT sessions (one line each), print "ready", hold until stdin closes
@@ -35,6 +36,9 @@ do {
             .bind(host: "127.0.0.1", port: 0).wait()
         emit("listening on 127.0.0.1:\(channel.localAddress!.port!)")
         try channel.closeFuture.wait()
+
+    case "echo-server-blocking":
+        try BlockingEchoServer.run()
 
     case "rtt":
         let (mode, port, count, size) = (arguments[2], Int(arguments[3])!, Int(arguments[4])!, Int(arguments[5])!)
