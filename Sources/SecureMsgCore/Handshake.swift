@@ -85,6 +85,12 @@ struct UnitAssembler {
                 let known = try withBytes(pending, unitLength)
                 let want = (known ?? (pending.count + 1)) - pending.count
                 let take = min(want, rest.count)
+                if let known, pending.count + take > pending.capacity {
+                    // Grow by doubling as Array would, but never past the unit: a 1 MiB frame then
+                    // holds ~1 MiB, not the 2 MiB the last doubling would give (the memory budget
+                    // charges capacity, and untouched capacity still counts against it).
+                    pending.reserveCapacity(min(known, max(pending.count + take, 2 * pending.capacity)))
+                }
                 pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[..<take]))
                 rest = UnsafeRawBufferPointer(rebasing: rest[take...])
                 guard let length = try withBytes(pending, unitLength),

@@ -179,12 +179,68 @@ import Testing
         #expect(firstOnB == "n-\(storedByA)", "B logged from \(firstOnB ?? "nothing"), database had \(storedByA)")
     }
 
+    /// Issue 15's scale-out case: three serve nodes on one PostgreSQL behind a private HAProxy
+    /// (send-proxy-v2, round robin, health checks, redispatch); `send --retry` streams through the
+    /// balancer while two nodes are kill -9'd at random moments and the first of them is started again.
+    /// The table holds exactly the input, in offset order, once; send exits 0. 1,000,000 lines with
+    /// SECUREMSG_HEAVY=1 (CI), 100,000 otherwise.
+    @Test func threeNodesBehindHAProxyTwoKilledEveryLineOnce() throws {
+        let pg = try Self.postgres()
+        let db = try pg.createDatabase()
+        let proxy = ["--proxy-protocol", "--proxy-from", "127.0.0.1/32"]
+        let first = try DatabaseNode(pg: pg, database: db, extraArguments: proxy)
+        var nodes = [first]
+        for _ in 0..<2 { nodes.append(try DatabaseNode(pg: pg, database: db, keyPath: first.keyPath, extraArguments: proxy)) }
+        defer { nodes.forEach { $0.kill9() } }
+        let balancer = try HAProxyProcess(backendPorts: nodes.map(\.port), options: .init(checkInterval: "1s"))
+        defer { balancer.stop() }
+        let total = Self.heavy ? 1_000_000 : 100_000
+        let input = numberedLines("s", count: total)
+        let client = try Self.pacedSend(port: balancer.port, keyPath: first.keyPath, input, seconds: Self.heavy ? 20 : 8)
+        // Each kill hits the node the client is streaming to at that moment (found by its growing file
+        // log), so the client must move; the second kill spares the restarted node when it can.
+        var killed: [DatabaseNode] = []
+        for round in 0..<2 {
+            let target = total * (round + 1) / 3 + Int.random(in: 0..<(total / 6))
+            DatabaseTests.waitUntil(timeout: 300) { first.storedCount() >= target || !client.process.isRunning }
+            usleep(UInt32.random(in: 0..<50_000))
+            let current = Self.receiving(nodes)
+            let victim = current.flatMap { node in killed.contains { $0 === node } ? nil : node }
+                ?? nodes.first { node in !killed.contains { $0 === node } }!
+            victim.kill9()
+            killed.append(victim)
+            if round == 0 {
+                usleep(UInt32.random(in: 0..<500_000))
+                try victim.start()
+            }
+        }
+        let (status, stderr) = client.wait(timeout: 600)
+        #expect(status == 0, "\(stderr.suffix(2000))")
+        let nodeErrors = nodes.map { $0.allStderr.suffix(1000) }.joined(separator: "\n---\n")
+        #expect(try Self.shape(pg, db) == "\(total)|1|0|\(total - 1)|\(total)", "\(nodeErrors)")
+        #expect(try Self.storedText(pg, db) == input)
+        // The client moved: more than one node's file log holds lines.
+        let used = nodes.filter { $0.logSize > 0 }.count
+        #expect(used >= 2, "only \(used) node(s) logged lines")
+    }
+
+    /// The running node whose file log grows over 300 ms (the one a client streams to), if any.
+    static func receiving(_ nodes: [DatabaseNode]) -> DatabaseNode? {
+        let before = nodes.map(\.logSize)
+        usleep(300_000)
+        return nodes.indices.first { nodes[$0].isRunning && nodes[$0].logSize > before[$0] }.map { nodes[$0] }
+    }
+
     /// send --retry fed `input` through a pipe in 50 pieces over about `seconds`, so that kills and
     /// outages land mid-stream.
     static func pacedSend(_ node: DatabaseNode, _ input: Data, seconds: Double) throws -> BackgroundClient {
+        try pacedSend(port: node.port, keyPath: node.keyPath, input, seconds: seconds)
+    }
+
+    static func pacedSend(port: Int, keyPath: String, _ input: Data, seconds: Double) throws -> BackgroundClient {
         let pipe = Pipe()
         _ = RawSocket.ignoreSIGPIPE
-        let client = try BackgroundClient(["send", "--port", "\(node.port)", "--key-file", node.keyPath, "--retry"], standardInput: pipe)
+        let client = try BackgroundClient(["send", "--port", "\(port)", "--key-file", keyPath, "--retry"], standardInput: pipe)
         let pieces = lines(input)
         let step = max(1, pieces.count / 50)
         Thread.detachNewThread {
@@ -212,16 +268,19 @@ final class DatabaseNode: @unchecked Sendable {
     let keyPath: String
     let port: Int
     private let passwordInURL: Bool
+    private let extraArguments: [String]
     private var current: ServerProcess?
     private var earlierStderr = ""
 
-    init(pg: PostgresServer, database: String, port: Int? = nil, keyPath: String? = nil, passwordInURL: Bool = false) throws {
+    init(pg: PostgresServer, database: String, port: Int? = nil, keyPath: String? = nil, passwordInURL: Bool = false,
+         extraArguments: [String] = []) throws {
         self.pg = pg
         self.database = database
         directory = Harness.temporaryDirectory()
         self.keyPath = try keyPath ?? Harness.makeKey(in: directory)
         self.port = try port ?? freeLoopbackPort()
         self.passwordInURL = passwordInURL
+        self.extraArguments = extraArguments
         try start()
     }
 
@@ -237,7 +296,8 @@ final class DatabaseNode: @unchecked Sendable {
         while true {
             do {
                 current = try ServerProcess(directory: directory, keyPath: keyPath,
-                                            arguments: ["--port", "\(port)", "--format", "raw", "--no-echo", "--database", url], environment: environment)
+                                            arguments: ["--port", "\(port)", "--format", "raw", "--no-echo", "--database", url] + extraArguments,
+                                            environment: environment)
                 return
             } catch {
                 attempts += 1
@@ -259,6 +319,9 @@ final class DatabaseNode: @unchecked Sendable {
     var isRunning: Bool { current?.process.isRunning ?? false }
     var allStderr: String { earlierStderr + (current?.stderr ?? "") }
     var log: Data { (try? Data(contentsOf: directory.appendingPathComponent("server_logs.txt"))) ?? Data() }
+    var logSize: UInt64 {
+        ((try? FileManager.default.attributesOfItem(atPath: directory.appendingPathComponent("server_logs.txt").path))?[.size] as? NSNumber)?.uint64Value ?? 0
+    }
 
     /// Lines stored so far (0 while the database is unreachable).
     func storedCount() -> Int {
