@@ -15,10 +15,10 @@ import Testing
         return 4 + (Int(bytes[0]) << 24 | Int(bytes[1]) << 16 | Int(bytes[2]) << 8 | Int(bytes[3]))
     }
 
-    /// A 1 MiB + 100 byte unit fed in 16 KiB reads, all but its last 16 bytes: the buffer grows as bytes
+    /// A 1 MiB + 20,000 byte unit fed in 16 KiB reads, all but its last 16 bytes: the buffer grows as bytes
     /// come but never past the unit (plain doubling would end at 2 MiB), and the unit comes out whole.
     @Test func aPartialUnitHoldsNoMoreThanTheUnit() throws {
-        let whole = Self.unit((1 << 20) + 100)
+        let whole = Self.unit((1 << 20) + 20_000)
         var assembler = UnitAssembler()
         var units: [[UInt8]] = []
         func feed(_ range: Range<Int>) throws {
