@@ -15,7 +15,7 @@ final class BlackholeProxy: @unchecked Sendable {
     init(targetPort: Int) throws {
         _ = RawSocket.ignoreSIGPIPE
         self.targetPort = targetPort
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         self.listener = listener
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)

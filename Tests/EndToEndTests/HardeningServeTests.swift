@@ -153,7 +153,7 @@ final class HardenedServe {
 
 /// A TCP connection to 127.0.0.1:`port` from `source` (any 127.x.y.z), blocking connect; -1 on failure.
 func connectFrom(_ source: String, port: Int) -> Int32 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { return -1 }
     var local = sockaddr_in()
     local.sin_family = sa_family_t(AF_INET)

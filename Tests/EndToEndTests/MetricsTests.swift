@@ -56,7 +56,7 @@ import Testing
 
 /// A minimal HTTP/1.1 GET over a loopback TCP socket: (status, body).
 func httpGet(port: Int, path: String, host: String = "127.0.0.1") throws -> (status: Int, body: String) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)

@@ -235,7 +235,7 @@ final class CannedServer: @unchecked Sendable {
 
     init(reply: [UInt8]) throws {
         _ = RawSocket.ignoreSIGPIPE
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         self.listener = listener
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)

@@ -53,7 +53,7 @@ final class RawSocket {
 
     init(port: Int, source: String = "127.0.0.1") throws {
         _ = Self.ignoreSIGPIPE
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw RawSocketError.system("socket", errno) }
         if source != "127.0.0.1" {
             var local = sockaddr_in()

@@ -20,7 +20,7 @@ final class TestProxy: @unchecked Sendable {
     init(targetPort: Int) throws {
         _ = RawSocket.ignoreSIGPIPE
         self.targetPort = targetPort
-        listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var one: Int32 = 1
         setsockopt(listenFD, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var address = loopback(port: 0)
@@ -74,7 +74,7 @@ final class TestProxy: @unchecked Sendable {
     private func pump(client: Int32, generation: Int) {
         // A connection accepted during a blackhole stays silent until it ends.
         while state.withLock({ $0.blackholed && !$0.closed && $0.resetGeneration == generation }) { usleep(10_000) }
-        let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var address = loopback(port: targetPort)
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
