@@ -91,7 +91,7 @@ let package = Package(
         ),
         .testTarget(name: "SecureMsgCaptureTests", dependencies: ["SecureMsgCapture", "SecureMsgCore"]),
         .testTarget(name: "SecureMsgNetTests", dependencies: ["SecureMsgNet", "SecureMsgCore"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["SecureMsgCore"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["SecureMsgCore", "SecureMsgNet", "SecureMsgPostgres"]),
     ],
     swiftLanguageModes: [.v6]
 )

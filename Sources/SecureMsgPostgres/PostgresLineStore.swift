@@ -136,6 +136,7 @@ final class BatchWriter: @unchecked Sendable {
     private let statement: BatchStatement
     private let options: PostgresLineStore.Options
     private let reporter: DatabaseReporter
+    private let logger = Logger(label: "securemsg.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
     init(client: PostgresClient, statement: BatchStatement, options: PostgresLineStore.Options, reporter: DatabaseReporter) {
         self.client = client
@@ -190,7 +191,8 @@ final class BatchWriter: @unchecked Sendable {
     private func drain() async {
         var backoff = Backoff(initialSeconds: 0.05, capSeconds: 5)
         while let batch = takeBatch() {
-            let query = statement.query(for: batch.map(\.lines))
+            let records = batch.map(\.lines)
+            let copy = CopyBatch(records, utf8: statement.utf8)
             while true {
                 // A commit that hangs (database down: the pool waits to reconnect) is reported too.
                 let reporter = self.reporter
@@ -200,9 +202,18 @@ final class BatchWriter: @unchecked Sendable {
                 }
                 defer { slow.cancel() }
                 do {
-                    if let query {
-                        try await withTimeout(options.queryTimeout) {
-                            for try await _ in try await self.client.query(query) {}
+                    if let copy {
+                        do {
+                            let client = self.client, logger = self.logger
+                            try await withTimeout(options.queryTimeout) { try await client.commit(copy, logger: logger) }
+                        } catch where isServerRefusal(error) {
+                            // Some lines are stored already (or PostgreSQL refused the COPY for another
+                            // reason, which it then reports again): the statement that skips them.
+                            if let query = statement.query(for: records) {
+                                try await withTimeout(options.queryTimeout) {
+                                    for try await _ in try await self.client.query(query) {}
+                                }
+                            }
                         }
                     }
                     break
