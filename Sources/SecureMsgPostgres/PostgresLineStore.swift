@@ -33,6 +33,10 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
     private let writers: [BatchWriter]
     private let reporter: DatabaseReporter
     private let options: Options
+    private let fallbacks = FallbackCount()
+
+    /// Batches that COPY could not take and the ON CONFLICT statement stored (lines already there).
+    public var statementFallbacks: Int { fallbacks.value.load(ordering: .relaxed) }
 
     /// Connects, creates or migrates the tables (`PostgresSchema`) and starts the writers. Throws (with
     /// a message that never holds the password) when the database cannot be reached or set up: serve then
@@ -87,9 +91,9 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
             runner.cancel()
             throw DatabaseURL.Failure(description: "database \(url): \(url.redacted(describe(error)))")
         }
-        let statement = BatchStatement(utf8: utf8)
+        let statement = BatchStatement(utf8: utf8), fallbacks = self.fallbacks
         writers = (0..<max(1, options.connections)).map { _ in
-            BatchWriter(client: client, statement: statement, options: options, reporter: reporter)
+            BatchWriter(client: client, statement: statement, options: options, reporter: reporter, fallbacks: fallbacks)
         }
     }
 
@@ -138,7 +142,10 @@ final class BatchWriter: @unchecked Sendable {
     private let reporter: DatabaseReporter
     private let logger = Logger(label: "securemsg.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    init(client: PostgresClient, statement: BatchStatement, options: PostgresLineStore.Options, reporter: DatabaseReporter) {
+    private let fallbacks: FallbackCount
+
+    init(client: PostgresClient, statement: BatchStatement, options: PostgresLineStore.Options, reporter: DatabaseReporter, fallbacks: FallbackCount) {
+        self.fallbacks = fallbacks
         self.client = client
         self.statement = statement
         self.options = options
@@ -209,6 +216,7 @@ final class BatchWriter: @unchecked Sendable {
                         } catch where isServerRefusal(error) {
                             // Some lines are stored already (or PostgreSQL refused the COPY for another
                             // reason, which it then reports again): the statement that skips them.
+                            fallbacks.value.add(1, ordering: .relaxed)
                             if let query = statement.query(for: records) {
                                 try await withTimeout(options.queryTimeout) {
                                     for try await _ in try await self.client.query(query) {}
@@ -291,6 +299,10 @@ func describe(_ error: Error) -> String {
 private func plainText(_ error: Error) -> String {
     if let error = error as? IOError { return error.description }
     return String(describing: error)
+}
+
+final class FallbackCount: Sendable {
+    let value = Atomic<Int>(0)
 }
 
 struct TimedOut: Error {}
