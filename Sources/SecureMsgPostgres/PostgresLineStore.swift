@@ -24,6 +24,8 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
         /// A lookup or transaction not answered by then is treated as failed (and retried, for writes).
         public var queryTimeout: Duration = .seconds(10)
         public var lookupTimeout: Duration = .seconds(3)
+        /// Connecting and setting up the tables at start.
+        public var setupTimeout: Duration = .seconds(15)
         public init() {}
     }
 
@@ -82,7 +84,7 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
         let setup = direct
         let utf8: Bool
         do {
-            utf8 = try await withTimeout(.seconds(15)) {
+            utf8 = try await withTimeout(options.setupTimeout) {
                 let connection = try await PostgresConnection.connect(configuration: setup, id: 0, logger: logger)
                 defer { Task { try? await connection.close() } }
                 return try await PostgresSchema.prepare(connection, logger: logger)

@@ -13,7 +13,12 @@ extension DatabaseTests {
         let db = try pg.createDatabase()
         let url = try DatabaseURL(parsing: pg.url(db), environment: ["PGPASSWORD": pg.password])
         let messages = Mutex<[String]>([])
-        let store = try await PostgresLineStore(url: url, diagnostics: { line in messages.withLock { $0.append(line) } })
+        // In process, the store runs on the test runner's cooperative threads (2 here), which the
+        // synchronous tests beside it can hold for minutes: no timeout here is a failure until then.
+        var options = PostgresLineStore.Options()
+        options.setupTimeout = .seconds(600)
+        options.queryTimeout = .seconds(600)
+        let store = try await PostgresLineStore(url: url, options: options, diagnostics: { line in messages.withLock { $0.append(line) } })
         defer { store.close() }
         let key = StreamKey(identity: "ali\tce\\", id: Array(0..<16))
         // Every byte COPY's text format escapes, invalid UTF-8 and a NUL (no text column for those two).
@@ -32,13 +37,14 @@ extension DatabaseTests {
             return StoredLines(key: key, firstOffset: UInt64(range.lowerBound), lines: bytes[...], lineCount: range.count,
                                receivedAt: at, peer: "127.0.0.1:4242", session: 7)
         }
-        // The store retries a failing batch forever: 30 s without an answer counts as a failure here.
+        // The store retries a failing batch forever: 600 s without an answer counts as a failure here
+        // (a refused COPY falls back at once; only a starved runner takes long).
         func stored(_ records: [StoredLines]) async -> [Bool] {
             let results = Mutex<[Bool?]>(Array(repeating: nil, count: records.count))
             for (index, record) in records.enumerated() {
                 store.store(record) { ok in results.withLock { $0[index] = ok } }
             }
-            let deadline = ContinuousClock.now + .seconds(30)
+            let deadline = ContinuousClock.now + .seconds(600)
             while results.withLock({ $0.contains(nil) }) && ContinuousClock.now < deadline {
                 try? await Task.sleep(for: .milliseconds(10))
             }

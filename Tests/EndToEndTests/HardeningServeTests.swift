@@ -424,9 +424,12 @@ func floodWithoutReading(_ client: RawClient, limit: Int, stallSeconds: Double =
     /// can never complete; the connection is still closed within the close timeout (default 5 s).
     @Test func item5EndedSessionCloses() throws {
         let serve = try HardenedServe(["--no-log", "--idle-timeout", "4"] + newOptions(["--quiet"]))
-        let baseline = serve.openDescriptors
         let client = try RawClient(port: serve.port, key: serve.key)
         try client.handshake()
+        // serve's descriptors without this connection: its count with it, less one. (A count taken before
+        // the connection can come too early on a loaded machine: event loops still opening theirs.)
+        _ = waitUntil(timeout: 5) { serve.openDescriptors > 0 }
+        let baseline = serve.openDescriptors - 1
         let flood = floodWithoutReading(client, limit: 40 << 20, stallSeconds: 1, deadline: 25)
         print("item 5: flooded \(flood.written >> 20) MiB, stalled \(flood.stalled); descriptors \(serve.openDescriptors) (baseline \(baseline))")
         #expect(serve.waitForStderr(timeout: 10) { $0.contains("idle timeout") })
