@@ -537,7 +537,15 @@ func floodWithoutReading(_ client: RawClient, limit: Int, stallSeconds: Double =
             #expect(offset == frame.count, "client \(clients.count): \(offset) of \(frame.count) bytes went")
             clients.append(client)
         }
-        sleep(2)
+        // Until serve has read what it will: its heap still for 2 s (up to 60 s; a loaded machine reads
+        // the last frames late, and a fixed pause measured them before they arrived).
+        var last = serve.memory.anon, still = Date()
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while Date().timeIntervalSince(still) < 2 && Date() < deadline {
+            usleep(250_000)
+            let now = serve.memory.anon
+            if now > last + 1 { last = now; still = Date() }
+        }
         let after = serve.memory
         print("item 7 (budget \(budgetMB) MiB): serve RSS \(Int(before.rss)) → \(Int(after.rss)) MiB (HWM \(Int(after.hwm))), anonymous \(Int(before.anon)) → \(Int(after.anon)) MiB")
         return after.anon - before.anon
