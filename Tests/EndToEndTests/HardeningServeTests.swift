@@ -517,7 +517,9 @@ func floodWithoutReading(_ client: RawClient, limit: Int, stallSeconds: Double =
     /// serve's anonymous memory growth (MiB; the heap, not code pages) once 200 clients hold partial
     /// 1 MiB frames.
     static func partialFramesHeapGrowth(budgetMB: Int) throws -> Double {
-        let serve = try HardenedServe(newOptions(["--quiet", "--max-buffered-mb", "\(budgetMB)", "--max-unauthenticated-per-source", "1000"]))
+        // No heartbeat timeout: these clients never answer a PING, and on a loaded machine making 200
+        // frames takes longer than its 45 s, which would end the first sessions and free their buffers.
+        let serve = try HardenedServe(newOptions(["--quiet", "--max-buffered-mb", "\(budgetMB)", "--max-unauthenticated-per-source", "1000", "--heartbeat-timeout", "3600"]))
         let before = serve.memory
         var line = [UInt8](repeating: 0x61, count: Wire.maximumLineLength)
         line.append(0x0A)
