@@ -79,6 +79,9 @@ extension DatabaseTests {
             checked += 1
         }
         #expect(checked == 1900)
-        #expect(messages.withLock { $0 }.isEmpty, "\(messages.withLock { $0 })")
+        // No failure reported but slowness (a starved runner makes a commit take over 2 s: reported, then
+        // "writing again"): a refused COPY is no failure, it falls back silently.
+        let reported = messages.withLock { $0 }
+        #expect(reported.allSatisfy { $0.contains("no answer for 2 s") || $0.hasSuffix("writing again") }, "\(reported)")
     }
 }
