@@ -57,20 +57,13 @@ struct BatchStatement: Sendable {
             times.append(record.receivedAt)
             let index = Int32(identities.count)  // WITH ORDINALITY counts from 1
             var offset = record.firstOffset
-            record.lines.withUnsafeBytes { bytes in
-                var start = 0
-                while start < bytes.count {
-                    let end = memchr(bytes.baseAddress! + start, 0x0A, bytes.count - start)
-                        .map { bytes.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? bytes.count
-                    let line = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
-                    spans.append((all.writerIndex, line.count))
-                    all.writeBytes(line)
-                    valid.append(utf8 && isStorableText(line))
-                    lineRecords.append(index)
-                    offsets.append(Int64(offset))
-                    offset += 1
-                    start = end + 1
-                }
+            forEachLine(in: record.lines) { line in
+                spans.append((all.writerIndex, line.count))
+                all.writeBytes(line)
+                valid.append(utf8 && isStorableText(line))
+                lineRecords.append(index)
+                offsets.append(Int64(offset))
+                offset += 1
             }
             let previous = ends[record.key]
             ends[record.key] = (max(previous?.end ?? 0, record.endOffset), max(previous?.at ?? record.receivedAt, record.receivedAt))
@@ -95,6 +88,19 @@ struct BatchStatement: Sendable {
         binds.append(sorted.map { Int64($0.value.end) })
         binds.append(sorted.map(\.value.at))
         return PostgresQuery(unsafeSQL: Self.sql, binds: binds)
+    }
+}
+
+/// Calls `body` with each line of newline-terminated `lines`, without its newline.
+func forEachLine(in lines: ArraySlice<UInt8>, _ body: (UnsafeRawBufferPointer) -> Void) {
+    lines.withUnsafeBytes { bytes in
+        var start = 0
+        while start < bytes.count {
+            let end = memchr(bytes.baseAddress! + start, 0x0A, bytes.count - start)
+                .map { bytes.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? bytes.count
+            body(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            start = end + 1
+        }
     }
 }
 

@@ -50,26 +50,19 @@ struct CopyBatch: Sendable {
             suffix.writeString(String(Int64(bitPattern: record.session)))
             suffix.writeInteger(UInt8(ascii: "\t"))
             var offset = record.firstOffset
-            record.lines.withUnsafeBytes { bytes in
-                var start = 0
-                while start < bytes.count {
-                    let end = memchr(bytes.baseAddress! + start, 0x0A, bytes.count - start)
-                        .map { bytes.baseAddress!.distance(to: UnsafeRawPointer($0)) } ?? bytes.count
-                    let line = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
-                    rows.writeImmutableBuffer(prefix)
-                    Self.writeDecimal(offset, to: &rows)
-                    rows.writeImmutableBuffer(suffix)
-                    Self.writeBytea(line, to: &rows)
-                    rows.writeInteger(UInt8(ascii: "\t"))
-                    if utf8 && isStorableText(line) {
-                        Self.writeText(line, to: &rows)
-                    } else {
-                        rows.writeStaticString("\\N")
-                    }
-                    rows.writeInteger(UInt8(ascii: "\n"))
-                    offset += 1
-                    start = end + 1
+            forEachLine(in: record.lines) { line in
+                rows.writeImmutableBuffer(prefix)
+                Self.writeDecimal(offset, to: &rows)
+                rows.writeImmutableBuffer(suffix)
+                Self.writeBytea(line, to: &rows)
+                rows.writeInteger(UInt8(ascii: "\t"))
+                if utf8 && isStorableText(line) {
+                    Self.writeText(line, to: &rows)
+                } else {
+                    rows.writeStaticString("\\N")
                 }
+                rows.writeInteger(UInt8(ascii: "\n"))
+                offset += 1
             }
             let previous = ends[record.key]
             ends[record.key] = (max(previous?.end ?? 0, record.endOffset), max(previous?.at ?? record.receivedAt, record.receivedAt))
