@@ -92,6 +92,50 @@ public struct LineBatcher {
         return flush(into: batches)
     }
 
+    /// Reads the next input into a fresh buffer that starts with the unfinished line of the last read,
+    /// and returns the batches it completes, with `read`'s result (0: end of this input, then call
+    /// `finish()`; negative: an error, nothing taken). In the common case — at least one newline, no CR,
+    /// no `!DISCONNECT` to look for — that buffer's run of whole lines *is* the batch: the input is
+    /// copied once, by the kernel, and only the cut line at its end is copied again, to lead the next
+    /// buffer. Otherwise the buffer goes through `feed`, line by line. `read` fills at most the buffer's
+    /// free part, sized so that a batch stays within `targetBatchBytes` plus one line.
+    public mutating func feed(reading read: (UnsafeMutableRawBufferPointer) -> Int) throws(Failure) -> (batches: [Batch], result: Int) {
+        guard !disconnectRequested else { return ([], 0) }
+        let head = partial.count
+        // Room for a batch's worth of new bytes, but never a buffer over the DATA limit.
+        let room = min(max(targetBatchBytes - head, targetBatchBytes / 4), Wire.maximumLinesLength + 1 - head)
+        var result = 0
+        var buffer = [UInt8](unsafeUninitializedCapacity: head + room) { storage, initialized in
+            if head > 0 { partial.withUnsafeBufferPointer { _ = memcpy(storage.baseAddress!, $0.baseAddress!, head) } }
+            result = read(UnsafeMutableRawBufferPointer(start: storage.baseAddress! + head, count: room))
+            initialized = head + max(result, 0)
+        }
+        guard result > 0 else { return ([], result) }
+        if current.isEmpty, let lines = wholeLinesWithoutRewriting(buffer) {
+            partial = Array(buffer[lines.end...])
+            buffer.removeSubrange(lines.end...)  // keeps the storage: no copy of the lines
+            linesRead += lines.count
+            return ([Batch(bytes: buffer, lineCount: lines.count)], result)
+        }
+        partial.removeAll(keepingCapacity: true)
+        return (try feed(buffer), result)
+    }
+
+    /// The end of the last whole line of `buffer` and how many lines come before it, if none of them needs
+    /// anything but copying: no CR, no `!DISCONNECT` to act on, none over the line limit.
+    private func wholeLinesWithoutRewriting(_ buffer: [UInt8]) -> (end: Int, count: Int)? {
+        buffer.withUnsafeBytes { bytes -> (end: Int, count: Int)? in
+            guard let last = lastNewline(bytes), last + 1 <= Wire.maximumLinesLength else { return nil }
+            let run = UnsafeRawBufferPointer(rebasing: bytes[...last])
+            guard !contains(run, byte: 0x0D),
+                  !recognizesDisconnectCommand || !contains(run, bytes: Self.disconnectCommand) else { return nil }
+            let statistics = lineStatistics(run)
+            guard statistics.longest <= Wire.maximumLineLength,
+                  bytes.count - (last + 1) <= Wire.maximumLineLength + 1 else { return nil }
+            return (last + 1, statistics.count)
+        }
+    }
+
     public mutating func feed(_ chunk: [UInt8]) throws(Failure) -> [Batch] {
         try withBytes(chunk) { (bytes) throws(Failure) -> [Batch] in try feed(bytes) }
     }

@@ -41,6 +41,10 @@ public final class Outbox: @unchecked Sendable {
     private var synced: UInt64
     private var inputFinished = false
     private var wakeups = 0
+    /// While the input thread waits for room: the holding it waits for.
+    private var appenderResumesAt: Int?
+    /// How much room a full outbox makes before the input thread goes on (at most half the bound).
+    static let refillBytes = 2 << 20
     public let maximumBytes: Int
     let spool: Spool?
     /// Longest run handed out as one chunk (one DATA frame).
@@ -102,12 +106,20 @@ public final class Outbox: @unchecked Sendable {
     /// Lines below this are durable in the spool (all taken lines, without a spool): sendable.
     var syncedOffset: UInt64 { condition.withLock { min(synced, _nextOffset) } }
 
-    /// Takes whole lines (each ending in "\n"); blocks while the outbox is full (a lone batch larger
-    /// than the bound is still taken when the outbox is empty). Throws only on a spool write error.
+    /// Takes whole lines (each ending in "\n"); blocks while the outbox is full, until `refillBytes` (or
+    /// half the bound) are free again (a lone batch larger than the bound is still taken when the outbox
+    /// is empty). Throws only on a spool write error.
     public func append(_ lines: [UInt8], lineCount: Int) throws {
         guard lineCount > 0 else { return }
         condition.lock()
-        while held > 0 && held + lines.count > maximumBytes { condition.wait() }
+        if held > 0 && held + lines.count > maximumBytes {
+            // Full: wait until there is room for a few batches, not just this one, so that the input
+            // thread wakes once per `refillBytes` handed out or acknowledged, not once per chunk.
+            let resumeAt = maximumBytes - max(lines.count, min(maximumBytes / 2, Self.refillBytes))
+            appenderResumesAt = resumeAt
+            while held > 0 && held > resumeAt { condition.wait() }
+            appenderResumesAt = nil
+        }
         condition.unlock()
         // Not held while waiting for room: a rebase (sender thread) must never wait for an ACK.
         appendLock.lock()
@@ -197,7 +209,7 @@ public final class Outbox: @unchecked Sendable {
                 entries[index].bytes = nil
                 entries[index].released = true
                 held -= entries[index].length
-                condition.broadcast()
+                if let resumeAt = appenderResumesAt, held <= resumeAt { condition.broadcast() }
             }
             condition.unlock()
             var chunk = Chunk(firstOffset: entry.firstOffset, lineCount: entry.lineCount, bytes: [])
