@@ -11,7 +11,8 @@ import Darwin
 /// - for repl (`recognizesDisconnectCommand`), a line that is exactly `!DISCONNECT` ends the session: it is
 ///   not sent, and input after it is ignored; for send it is a line like any other;
 /// - lines at hand together are packed into one plaintext of up to `targetBatchBytes` (a longer line
-///   travels alone), which is what lets small lines move at memory speed;
+///   travels alone; through `feed(reading:)`, one with the lines read after it, up to a quarter of the
+///   target more), which is what lets small lines move at memory speed;
 /// - a line over `Wire.maximumLineLength` bytes is an error, detected before it is buffered whole.
 public struct LineBatcher {
     public struct Batch: Sendable {
@@ -58,7 +59,7 @@ public struct LineBatcher {
         // (no CR, no !DISCONNECT) — the common case, and the one that decides throughput.
         if partial.isEmpty, let last = lastNewline(chunk), last + 1 <= targetBatchBytes {
             let run = UnsafeRawBufferPointer(rebasing: chunk[...last])
-            if !contains(run, byte: 0x0D) && (!recognizesDisconnectCommand || !contains(run, bytes: Self.disconnectCommand)) {
+            if !needsRewriting(run) {
                 let lines = countLines(run)
                 if !current.isEmpty && current.count + run.count > targetBatchBytes {
                     batches.append(Batch(bytes: current, lineCount: currentLines))
@@ -98,7 +99,8 @@ public struct LineBatcher {
     /// no `!DISCONNECT` to look for — that buffer's run of whole lines *is* the batch: the input is
     /// copied once, by the kernel, and only the cut line at its end is copied again, to lead the next
     /// buffer. Otherwise the buffer goes through `feed`, line by line. `read` fills at most the buffer's
-    /// free part, sized so that a batch stays within `targetBatchBytes` plus one line.
+    /// free part: up to `targetBatchBytes` in all, or a quarter of it after a cut line longer than the
+    /// rest, never past the DATA limit.
     public mutating func feed(reading read: (UnsafeMutableRawBufferPointer) -> Int) throws(Failure) -> (batches: [Batch], result: Int) {
         guard !disconnectRequested else { return ([], 0) }
         let head = partial.count
@@ -127,13 +129,18 @@ public struct LineBatcher {
         buffer.withUnsafeBytes { bytes -> (end: Int, count: Int)? in
             guard let last = lastNewline(bytes), last + 1 <= Wire.maximumLinesLength else { return nil }
             let run = UnsafeRawBufferPointer(rebasing: bytes[...last])
-            guard !contains(run, byte: 0x0D),
-                  !recognizesDisconnectCommand || !contains(run, bytes: Self.disconnectCommand) else { return nil }
+            guard !needsRewriting(run) else { return nil }
             let statistics = lineStatistics(run)
             guard statistics.longest <= Wire.maximumLineLength,
                   bytes.count - (last + 1) <= Wire.maximumLineLength + 1 else { return nil }
             return (last + 1, statistics.count)
         }
+    }
+
+    /// Whether a run of whole lines holds anything but bytes to copy: a CR to drop, or (repl) a
+    /// `!DISCONNECT` to act on.
+    private func needsRewriting(_ run: UnsafeRawBufferPointer) -> Bool {
+        contains(run, byte: 0x0D) || (recognizesDisconnectCommand && contains(run, bytes: Self.disconnectCommand))
     }
 
     public mutating func feed(_ chunk: [UInt8]) throws(Failure) -> [Batch] {

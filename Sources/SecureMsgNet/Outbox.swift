@@ -41,7 +41,7 @@ public final class Outbox: @unchecked Sendable {
     private var synced: UInt64
     private var inputFinished = false
     private var wakeups = 0
-    /// While the input thread waits for room: the holding it waits for.
+    /// While the input thread waits for room: how low `held` must fall before it goes on.
     private var appenderResumesAt: Int?
     /// How much room a full outbox makes before the input thread goes on (at most half the bound).
     static let refillBytes = 2 << 20

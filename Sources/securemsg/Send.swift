@@ -29,7 +29,8 @@ struct Send: ParsableCommand {
     @Argument(help: ArgumentHelp("Files to send, in order; - or none means stdin.", valueName: "file"))
     var files: [String] = []
 
-    /// Without a spool, unacknowledged lines are kept in memory, up to this much (then input waits).
+    /// With --retry and without a spool, unacknowledged lines are kept in memory, up to this much (then
+    /// input waits).
     static let memoryBytes = 32 << 20
     /// Without --retry, lines read ahead of the sender, up to this much.
     static let readAheadBytes = 4 << 20
