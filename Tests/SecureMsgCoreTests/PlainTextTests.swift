@@ -75,4 +75,39 @@ import Testing
             }
         }
     }
+
+    @Test func firstSpecialAgreesWithAByteLoop() {
+        // Every byte value in every position of a 97-byte run (a 64-byte block, a 16-byte one and a tail),
+        // scanned from each of the first 17 offsets, so both block loops, their exits and the tail see each value.
+        for value in 0...255 {
+            let special = value < 0x20 || value >= 0x7F || value == 0x5C
+            for position in 0..<97 {
+                var bytes = [UInt8](repeating: 0x41, count: 97)
+                bytes[position] = UInt8(value)
+                bytes.withUnsafeBytes { raw in
+                    for from in 0..<17 {
+                        let expected = special && position >= from ? position : bytes.count
+                        #expect(PlainText.firstSpecial(raw.baseAddress!, from: from, count: bytes.count) == expected,
+                                "byte \(value) at \(position), from \(from)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func fastPathWritesWhatTheEscapingLoopWritesForRandomLines() {
+        // Lines of 0 to 100 bytes, mostly plain, now and then one byte that must be escaped or a "\r".
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<2_000 {
+            var sample: [UInt8] = []
+            for _ in 0..<Int.random(in: 1...8, using: &random) {
+                for _ in 0..<Int.random(in: 0...100, using: &random) {
+                    sample.append(Int.random(in: 0..<40, using: &random) == 0 ? UInt8.random(in: 0...255, using: &random) : UInt8.random(in: 0x20...0x7E, using: &random))
+                }
+                sample.append(0x0A)
+            }
+            let lineCount = sample.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
+            #expect(Self.formatted(sample, lineCount: lineCount) == Self.formatted(sample, lineCount: nil), "\(sample)")
+        }
+    }
 }
