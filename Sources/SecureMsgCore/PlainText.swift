@@ -66,6 +66,16 @@ enum PlainText {
         // 64 bytes per test of the mask: the test, not the compares, is what a 16-byte loop waits on.
         while i + 64 <= count, !any(special(i) .| special(i + 16) .| special(i + 32) .| special(i + 48)) { i += 64 }
         while i + 16 <= count, !any(special(i)) { i += 16 }
+        // Where in the block (or the tail): 8 bytes at a time, the first special byte's high bit is the
+        // lowest one set (the carries and borrows of the word tests only run upward, past a special byte).
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080, backslashes = 0x5C &* ones
+        while i + 8 <= count {
+            let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self), b = w ^ backslashes
+            // below 0x20 (and "\n") | 0x7F and above | a backslash
+            let bits = (((w &- 0x2020_2020_2020_2020) & ~w) | (w &+ ones) | w | ((b &- ones) & ~b)) & highs
+            if bits != 0 { return i + bits.trailingZeroBitCount / 8 }
+            i += 8
+        }
         while i < count {
             let b = base.load(fromByteOffset: i, as: UInt8.self)
             if b < 0x20 || b >= 0x7F || b == 0x5C { return i }
