@@ -77,8 +77,10 @@ public struct DatabaseURL: Sendable, CustomStringConvertible {
         self.database = path.isEmpty ? user : try Self.decode(path, "database name")
         self.tls = .prefer
         for pair in query.split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1)
+            // Empty pieces kept: "?=x" has an empty name (an error), not the name "x"; "?=" no name at all.
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = String(parts[0]), value = parts.count > 1 ? try Self.decode(parts[1], name) : ""
+            guard !name.isEmpty else { throw Failure(description: "--database: a parameter without a name") }
             switch name {
             case "sslmode":
                 switch value {
