@@ -1,15 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// The fast path of `text` output, serve's hot path: when no line of a slice needs escaping (printable
-/// ASCII, no backslash: `Escaping.isPlainASCII`), each output line is the prefix and the line copied
-/// straight into an array of the exact size, in one pass. The general loop paid two generic appends
-/// per line and grew the array as it went. One scan, 16 bytes at a time, finds both where a line ends
-/// and whether it needs escaping (`firstSpecial`); a separate memchr and word-at-a-time check read
-/// every byte twice.
+/// ASCII, no backslash: the set of `Escaping.isPlainASCII`), each output line is the prefix and the line
+/// copied straight into an array of the exact size, in one pass. The general loop paid two generic
+/// appends per line and grew the array as it went. One scan (`firstSpecial`: 16-byte SIMD compares,
+/// tested 64 bytes at a time) finds both where a line ends and whether it needs escaping; a memchr and
+/// a separate word-at-a-time check read every byte twice.
 enum PlainText {
     /// Appends `prefix` + line + "\n" for each of the `lineCount` lines of `lines` (a last line without
     /// "\n" gets one) and returns true; returns false, with `output` unchanged, when a line needs

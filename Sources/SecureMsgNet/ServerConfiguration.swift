@@ -37,8 +37,8 @@ public struct ServerConfiguration: Sendable {
     /// still to be formatted), above which serve stops reading from it (backpressure). 16 MiB, because
     /// the bound must outlast an fdatasync: reading pauses at the bound and resumes at half, and a 64-byte
     /// line is ~1.7x its size as text, so 4 MiB (what v1 counted as *received* bytes) paused a fast
-    /// client on every sync and left serve's event loop idle (issue 10: 0.87x the pre-v2 speed on 64-byte
-    /// lines; 16 MiB: 0.96-1.0x). The global budget (`maxBufferedBytes`) still bounds the sum.
+    /// client on every sync and left serve's event loop idle (README "Performance": 1.10x on 64-byte
+    /// lines). The global budget (`maxBufferedBytes`) still bounds the sum.
     public var maxUnloggedBytesPerConnection = 16 << 20
     /// Bytes queued for a client (ACKs it does not read) above which serve stops reading from it.
     public var maxOutboundBytesPerConnection = 64 << 10
