@@ -123,20 +123,16 @@ public enum Escaping {
     /// and carries of these SWAR tests only reach bytes above one that already fails).
     @inline(__always)
     static func isPlainASCII(_ bytes: UnsafeRawBufferPointer, alsoExcluding first: UInt8, _ second: UInt8? = nil) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
-        let firstMask = UInt64(first) &* ones, secondMask = UInt64(second ?? first) &* ones
+        let firstMask = UInt64(first) &* 0x0101_0101_0101_0101, secondMask = UInt64(second ?? first) &* 0x0101_0101_0101_0101
         var i = 0
         let n = bytes.count
         if let base = bytes.baseAddress {
             var bad: UInt64 = 0
             while i + 8 <= n {
-                let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
-                let a = w ^ firstMask, b = w ^ secondMask
-                // above 0x7E | below 0x20 | equal to `first` | equal to `second`
-                bad |= (w &+ ones) | w | ((w &- 0x2020_2020_2020_2020) & ~w) | ((a &- ones) & ~a) | ((b &- ones) & ~b)
+                bad |= failingBytes(base.loadUnaligned(fromByteOffset: i, as: UInt64.self), firstMask, secondMask)
                 i += 8
             }
-            if bad & highs != 0 { return false }
+            if bad != 0 { return false }
         }
         while i < n {
             let b = bytes[i]
@@ -144,6 +140,17 @@ public enum Escaping {
             i += 1
         }
         return true
+    }
+
+    /// The high bit of each byte of `w` (8 bytes, little-endian) that is below 0x20, 0x7F or above, or
+    /// equal to a byte of `firstMask` or `secondMask` (that byte repeated 8 times); only bytes above the
+    /// first such byte may be marked wrongly, so the lowest bit set marks the first byte that fails.
+    @inline(__always)
+    static func failingBytes(_ w: UInt64, _ firstMask: UInt64, _ secondMask: UInt64) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let a = w ^ firstMask, b = w ^ secondMask
+        // above 0x7E | below 0x20 | equal to `first` | equal to `second`
+        return ((w &+ ones) | w | ((w &- 0x2020_2020_2020_2020) & ~w) | ((a &- ones) & ~a) | ((b &- ones) & ~b)) & 0x8080_8080_8080_8080
     }
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)

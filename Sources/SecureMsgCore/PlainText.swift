@@ -61,12 +61,10 @@ enum PlainText {
         while i + 64 <= count, !any(special(i) .| special(i + 16) .| special(i + 32) .| special(i + 48)) { i += 64 }
         while i + 16 <= count, !any(special(i)) { i += 16 }
         // Where in the block (or the tail): 8 bytes at a time, the first special byte's high bit is the
-        // lowest one set (the carries and borrows of the word tests only run upward, past a special byte).
-        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080, backslashes = 0x5C &* ones
+        // lowest one set ("\n" is below 0x20, so it fails the word test too).
+        let backslashes: UInt64 = 0x5C5C_5C5C_5C5C_5C5C
         while i + 8 <= count {
-            let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self), b = w ^ backslashes
-            // below 0x20 (and "\n") | 0x7F and above | a backslash
-            let bits = (((w &- 0x2020_2020_2020_2020) & ~w) | (w &+ ones) | w | ((b &- ones) & ~b)) & highs
+            let bits = Escaping.failingBytes(base.loadUnaligned(fromByteOffset: i, as: UInt64.self), backslashes, backslashes)
             if bits != 0 { return i + bits.trailingZeroBitCount / 8 }
             i += 8
         }
