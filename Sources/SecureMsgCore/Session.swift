@@ -69,6 +69,10 @@ public final class Session {
 
     public let role: Role
     public internal(set) var state: State = .awaitingHello
+    /// The code and reason of the peer's DISCONNECT, once one is received. A DISCONNECT that answers
+    /// ours reports only `.closed`, but the two can cross (a client at the end of its input, a server
+    /// shutting down): a code other than 0 then is the peer's own reason, which a driver reports.
+    public internal(set) var peerDisconnect: (code: DisconnectCode, reason: String)?
     let random: RandomSource
     var assembler = UnitAssembler()
     var outbound: [UInt8] = []

@@ -136,6 +136,7 @@ extension Session {
             guard plaintext.count >= 2 else { throw .protocolViolation("DISCONNECT without a code") }
             let code = DisconnectCode(rawValue: UInt16(plaintext[0]) << 8 | UInt16(plaintext[1]))
             let reason = String(decoding: plaintext[2...].prefix(Wire.maximumDisconnectReasonLength), as: UTF8.self)
+            if state == .established || state == .disconnectSent { peerDisconnect = (code, reason) }
             switch state {
             case .established:
                 state = .disconnectReceived

@@ -373,8 +373,13 @@ final class ClientSessionHandler: ChannelInboundHandler, @unchecked Sendable {
             flush(context)
             finish(nil, context: context)
         case .closed:
-            let unacknowledged = lock.withLock { session.unacknowledgedLines }
-            finish(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil, context: context)
+            let (unacknowledged, peer) = lock.withLock { (session.unacknowledgedLines, session.peerDisconnect) }
+            if unacknowledged > 0, let peer, peer.code != .normal {
+                // Our DISCONNECT crossed the server's own (e.g. it is shutting down): say why it ended.
+                finish(.closedByServer(code: peer.code, reason: peer.reason), context: context)
+            } else {
+                finish(unacknowledged > 0 ? .unacknowledged(unacknowledged) : nil, context: context)
+            }
         case .data, .helloReceived, .pong:
             break  // the session rejects DATA sent to a client; a PONG only feeds the heartbeat
         }

@@ -40,6 +40,22 @@ import Testing
         try server.receiveEndOfStream()
     }
 
+    /// A client at the end of its input and a server shutting down each send DISCONNECT: the exchange
+    /// closes, and the client still learns the server's own reason (send reports it, not a bare close).
+    @Test func crossingDisconnectsCloseAndKeepTheServersReason() throws {
+        let (client, server, _) = try Self.pair()
+        client.sendLines(Array("a\nb\n".utf8), lineCount: 2)
+        _ = try server.receive(client.takeOutbound())
+        server.acknowledge(durableUpTo: 1)
+        server.disconnect(code: .shuttingDown, reason: "server shutting down")
+        client.disconnect()
+        #expect(client.peerDisconnect == nil)
+        #expect(try server.receive(client.takeOutbound()) == [])  // the server reads nothing after its DISCONNECT
+        #expect(try client.receive(server.takeOutbound()) == [.acknowledged(durableOffset: 1, lines: 1), .closed])
+        #expect(client.state == .closed && client.unacknowledgedLines == 1)
+        #expect(client.peerDisconnect?.code == .shuttingDown && client.peerDisconnect?.reason == "server shutting down")
+    }
+
     @Test func bytesArrivingBeforeTheAnswerAreHeldThenProcessed() throws {
         let client = Session(client: .init(key: Self.key)), server = Session(server: .init())
         let hello = client.takeOutbound()
