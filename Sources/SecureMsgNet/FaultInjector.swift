@@ -2,7 +2,8 @@ import Foundation
 
 /// Test hook: stops the log writer at one step of one batch, to show that log and stream table agree
 /// after a crash at that instant. serve builds one only from `SECUREMSG_TEST_CRASH=STEP:N` (the N-th
-/// batch carrying stream lines, from 1), and then kills itself with SIGKILL there. Never set in use.
+/// batch carrying stream lines, from 1), and then kills itself with SIGKILL there; or from
+/// `SECUREMSG_TEST_STALL=STEP:N:SECONDS`, and then the writer waits there (a stalled sink). Never set in use.
 public final class FaultInjector: @unchecked Sendable {  // used by the writer thread only
     /// The instants of a batch's write, in order.
     public enum Step: String, Sendable, CaseIterable {
@@ -36,6 +37,15 @@ public final class FaultInjector: @unchecked Sendable {  // used by the writer t
         guard let value, let colon = value.firstIndex(of: ":"), let step = Step(rawValue: String(value[..<colon])),
               let batch = Int(value[value.index(after: colon)...]), batch > 0 else { return nil }
         return FaultInjector(step: step, batch: batch) { kill(getpid(), SIGKILL) }
+    }
+
+    /// Parses `STEP:N:SECONDS` (`SECUREMSG_TEST_STALL`; nil when not set or malformed): the writer stops
+    /// for that long at the step, like a log disk or database that stalls, then goes on.
+    public static func stallFromEnvironment(_ value: String?) -> FaultInjector? {
+        let fields = value?.split(separator: ":", omittingEmptySubsequences: false) ?? []
+        guard fields.count == 3, let step = Step(rawValue: String(fields[0])), let batch = Int(fields[1]), batch > 0,
+              let seconds = Double(fields[2]), seconds > 0, seconds < 600 else { return nil }
+        return FaultInjector(step: step, batch: batch) { usleep(useconds_t(seconds * 1e6)) }
     }
 
     /// Called at each step; runs the action at the chosen one.

@@ -235,6 +235,13 @@ public final class SecureServer: Sendable {
         }
         let deadline = NIODeadline.now() + shared.configuration.drainTimeout
         while shared.registry.count > 0 && NIODeadline.now() < deadline { usleep(10_000) }
+        // Sessions still waiting for the writer get their DISCONNECT now, so that their clients read why
+        // (not a bare close); that and the lingering close take at most a little over a second.
+        if shared.registry.count > 0 {
+            for channel in shared.registry.all { channel.pipeline.fireUserInboundEventTriggered(DrainTimeout()) }
+            let disconnectDeadline = NIODeadline.now() + ServerSessionHandler.lingerTime + .milliseconds(500)
+            while shared.registry.count > 0 && NIODeadline.now() < disconnectDeadline { usleep(10_000) }
+        }
         for channel in shared.registry.all { channel.close(promise: nil) }
         let closeDeadline = NIODeadline.now() + .seconds(1)
         while shared.registry.count > 0 && NIODeadline.now() < closeDeadline { usleep(10_000) }

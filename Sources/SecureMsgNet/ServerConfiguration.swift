@@ -31,8 +31,11 @@ public struct ServerConfiguration: Sendable {
     public var handshakeTimeout: TimeAmount = .seconds(5)
     /// Time without a complete frame from an established client before it is disconnected.
     public var idleTimeout: TimeAmount = .seconds(3600)
-    /// Time allowed for clients to finish when serve is told to stop.
-    public var drainTimeout: TimeAmount = .seconds(5)
+    /// Time allowed, when serve is told to stop, for what it holds to be logged and acknowledged before
+    /// each session still waiting gets its DISCONNECT anyway. 10 s leaves room in systemd's stop timeout
+    /// (the unit's TimeoutStopSec=30) and covers an ordinary backlog: 512 MiB (`maxBufferedBytes`) at
+    /// ~100 MB/s to disk.
+    public var drainTimeout: TimeAmount = .seconds(10)
     /// Bytes per connection, received but not yet logged (counted as formatted for the log, plus frames
     /// still to be formatted), above which serve stops reading from it (backpressure). 16 MiB, because
     /// the bound must outlast an fdatasync: reading pauses at the bound and resumes at half, and a 64-byte

@@ -577,6 +577,19 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The drain timeout passed and lines of this session are still at the writer (a stalled disk or
+    /// database): the DISCONNECT goes out now, after the ACKs already sent. What is still at the writer
+    /// is not acknowledged — the client reports it as sent but not acknowledged, and may be logged as
+    /// the writer finishes, which the stream table counts, so a resumed stream does not send it twice.
+    private func drainTimedOut() {
+        guard !ended, let (code, reason, _) = disconnectPending,
+              session.state == .established || session.state == .disconnectReceived else { return }
+        let held = framesAtWriter
+        session.disconnect(code: code, reason: reason)
+        flushOutbound()
+        end("session ended by server (\(reason)) with \(held) frame\(held == 1 ? "" : "s") not yet logged, unacknowledged", isError: false)
+    }
+
     /// The keyring was reloaded (SIGHUP): a session whose identity is gone or has another key ends with
     /// DISCONNECT code 4 "revoked" — after the ACK for every line already logged (as at shutdown, no
     /// more input is read). A handshake in flight with a revoked key just fails.
@@ -675,6 +688,8 @@ final class ServerSessionHandler: ChannelDuplexHandler {
             endOfStream()
         } else if event is ShutdownRequest {
             beginShutdown()
+        } else if event is DrainTimeout {
+            drainTimedOut()
         } else if event is KeysChanged {
             checkKeyStillValid()
         } else {
@@ -771,6 +786,9 @@ final class ServerSessionHandler: ChannelDuplexHandler {
 
 /// Sent down each connection's pipeline when serve is asked to stop.
 struct ShutdownRequest {}
+
+/// Sent down each connection's pipeline still open when the drain timeout has passed.
+struct DrainTimeout {}
 
 /// Sent down each connection's pipeline after the keyring was reloaded.
 struct KeysChanged {}

@@ -57,6 +57,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Seconds without a complete frame before a client is disconnected.") var idleTimeout = 3600
     @Option(help: "Seconds an ended session has to deliver its last frames before its connection is closed anyway.")
     var closeTimeout = 5
+    @Option(help: "Seconds serve, told to stop (SIGTERM, SIGINT), waits for the lines it holds to be logged and acknowledged; then each client still waiting is told \"server shutting down\" with what is acknowledged so far.")
+    var drainTimeout = 10
     @Option(help: ArgumentHelp("Event loop threads (default: one per two cores).", valueName: "n"))
     var threads: Int?
     @Option(help: ArgumentHelp("Serve Prometheus metrics at http://HOST:PORT/metrics; a port alone listens on 127.0.0.1. (default: off)", valueName: "host:port"))
@@ -96,7 +98,7 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-line-bytes must be 1...\(Wire.maximumLineLength)")
         }
         guard maxConnections > 0, handshakeTimeout > 0, idleTimeout > 0, (threads ?? 1) > 0, maxUnauthenticatedPerSource > 0,
-              maxLinesPerFrame > 0, maxOutboundKb > 0, maxBufferedMb > 0, closeTimeout > 0, forgetStreamsAfter > 0, maxStreams > 0 else {
+              maxLinesPerFrame > 0, maxOutboundKb > 0, maxBufferedMb > 0, closeTimeout > 0, drainTimeout > 0, forgetStreamsAfter > 0, maxStreams > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
         guard let mode = mode_t(logMode, radix: 8), mode <= 0o777 else { throw ValidationError("--log-mode must be octal, 0...777") }
@@ -170,6 +172,7 @@ struct Serve: ParsableCommand {
             configuration.maxOutboundBytesPerConnection = maxOutboundKb << 10
             configuration.maxBufferedBytes = maxBufferedMb << 20
             configuration.closeTimeout = .seconds(Int64(closeTimeout))
+            configuration.drainTimeout = .seconds(Int64(drainTimeout))
             configuration.format = format
             configuration.stdoutIsTerminal = isatty(STDOUT_FILENO) == 1
             configuration.sync = sync
@@ -182,7 +185,9 @@ struct Serve: ParsableCommand {
             configuration.streamTablePath = streamTable
             configuration.streamTableOptions.forgetAfterSeconds = UInt64(forgetStreamsAfter)
             configuration.streamTableOptions.maximumStreams = maxStreams
-            configuration.faults = FaultInjector.fromEnvironment(ProcessInfo.processInfo.environment["SECUREMSG_TEST_CRASH"])
+            let environment = ProcessInfo.processInfo.environment
+            configuration.faults = FaultInjector.fromEnvironment(environment["SECUREMSG_TEST_CRASH"])
+                ?? FaultInjector.stallFromEnvironment(environment["SECUREMSG_TEST_STALL"])
             configuration.heartbeat = heartbeatConfiguration(interval: heartbeatInterval, timeout: heartbeatTimeout)
             configuration.forwardSecrecy = forwardSecrecy
             configuration.keyLogPath = keyLog

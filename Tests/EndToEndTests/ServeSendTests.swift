@@ -133,6 +133,32 @@ import Testing
         #expect(server.stderr.contains("SIGTERM"))
     }
 
+    /// A sink that stalls while serve stops (its writer held 5 s after its first write, by the test hook
+    /// SECUREMSG_TEST_STALL): once --drain-timeout has passed the client still reads why its session
+    /// ended, before serve has finished, with the held line reported unacknowledged; serve then logs it
+    /// once and exits 0.
+    @Test func drainTimeoutStillTellsTheClientWhy() throws {
+        var environment = ProcessInfo.processInfo.environment
+        environment["SECUREMSG_TEST_STALL"] = "log-written:1:5"
+        let server = try ServerProcess(arguments: ["--format", "raw", "--drain-timeout", "1"], environment: environment)
+        let input = Pipe()
+        let client = try BackgroundClient(["send", "--port", "\(server.port)", "--key-file", server.keyPath], standardInput: input)
+        input.fileHandleForWriting.write(Data("held\n".utf8))  // stdin stays open: the client waits for more
+        let deadline = Date(timeIntervalSinceNow: 20)
+        while server.log.isEmpty && Date() < deadline { usleep(5_000) }
+        try #require(server.log == Data("held\n".utf8), "the line reaches the log before the writer stalls")
+        server.signal(SIGTERM)
+        let (status, stderr) = client.wait()
+        #expect(server.process.isRunning, "the client learned why before the stalled writer let serve finish")
+        #expect(status != 0)
+        #expect(stderr.contains("server shutting down"), "\(stderr)")
+        #expect(acknowledgedCount(in: stderr) == 0, "\(stderr)")
+        try? input.fileHandleForWriting.close()
+        #expect(server.waitForExit() == 0)
+        #expect(server.log == Data("held\n".utf8))
+        #expect(server.stderr.contains("1 frame not yet logged, unacknowledged"), "\(server.stderr)")
+    }
+
     @Test func textFormatEscapesControlCharactersAndInvalidUTF8() throws {
         let server = try ServerProcess()
         var hostile = Data("red \u{1B}[31mALERT\u{7}\tback\\slash \u{202E}evil".utf8)
