@@ -46,6 +46,9 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
     case closedByServer(code: DisconnectCode, reason: String)
     case connectionLost
     case unacknowledged(Int)
+    /// The server holds more of the stream than this client ever numbered, and lines taken here would
+    /// collide with it (a spool restored from a backup): `send` stops rather than lose them.
+    case numberingLost(String)
 
     public var description: String {
         switch self {
@@ -62,6 +65,7 @@ public enum ClientFailure: Error, Sendable, CustomStringConvertible {
                 + " (code \(code.rawValue), \(code))"
         case .connectionLost: "connection lost: the server went away"
         case .unacknowledged(let n): "server closed with \(n) line\(n == 1 ? "" : "s") unacknowledged"
+        case .numberingLost(let what): what
         }
     }
 }

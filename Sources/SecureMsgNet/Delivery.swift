@@ -11,6 +11,8 @@ extension ClientFailure {
         switch self {
         case .connect, .timeout, .connectionLost, .unacknowledged:
             return true
+        case .numberingLost:
+            return false
         case .closedByServer(let code, _):
             return ![DisconnectCode.lineTooLong, .revoked, .protocolLimit].contains(code)
         case .protocolError(let error):
@@ -184,11 +186,21 @@ public final class Delivery: @unchecked Sendable {
         }
         defer { condition.withLock { current = nil } }
         let handshake = connection.handshake!
-        if handshake.resumeOffset > outbox.nextOffset {
-            diagnostics("securemsg send: the server holds stream \(options.streamID) up to line \(handshake.resumeOffset), beyond the \(outbox.nextOffset) taken here; numbering goes on from there")
-            outbox.rebase(to: handshake.resumeOffset)
-        } else {
+        let numbered = outbox.nextOffset
+        switch outbox.checkResume(handshake.resumeOffset, sentUpTo: condition.withLock { _sentUpTo }) {
+        case .consistent:
             outbox.acknowledge(upTo: handshake.resumeOffset)
+        case .rebased:
+            diagnostics("securemsg send: the server holds stream \(options.streamID) up to line \(handshake.resumeOffset), beyond the \(numbered) numbered here; numbering goes on from there")
+        case .refused(let taken, let from):
+            try? connection.finish(timeout: 5)
+            let kept = outbox.spool.map { " in \($0.directory) (its *.lines files hold lines verbatim, each file named by the offset of its first)" } ?? ""
+            return .failed(.numberingLost(
+                "the server holds stream \(options.streamID) up to line \(handshake.resumeOffset), more than this spool numbered "
+                    + "(\(from)): it is older than the stream (restored from a backup, or a copy in use elsewhere?). The \(taken) line\(taken == 1 ? "" : "s") "
+                    + "taken from offset \(from) on would collide with lines the server holds, so none is sent; they are kept\(kept). "
+                    + "Move the spool away to send again as a new stream"),
+                connected: true)
         }
         noteAcknowledged(upTo: handshake.resumeOffset)
         if let gap = handshake.gap {

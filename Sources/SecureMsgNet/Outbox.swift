@@ -39,6 +39,8 @@ public final class Outbox: @unchecked Sendable {
     private var _firstHeld: UInt64
     private var _nextOffset: UInt64
     private var synced: UInt64
+    /// The offset of the first line taken by this process (the ones before it came from the spool).
+    private var takenHereFrom: UInt64
     private var inputFinished = false
     private var wakeups = 0
     /// While the input thread waits for room: how low `held` must fall before it goes on.
@@ -74,6 +76,7 @@ public final class Outbox: @unchecked Sendable {
         _firstHeld = firstOffset
         _nextOffset = firstOffset
         synced = firstOffset
+        takenHereFrom = firstOffset
     }
 
     /// On disk: what the spool holds (from an earlier run) is held again, ready to be resent.
@@ -93,6 +96,7 @@ public final class Outbox: @unchecked Sendable {
         _firstHeld = spool.firstHeldOffset
         _nextOffset = spool.nextOffset
         synced = _nextOffset
+        takenHereFrom = _nextOffset
         spool.startSyncing { [weak self] upTo, byteEnd in self?.markSynced(upTo, byteEnd: byteEnd) }
     }
 
@@ -258,13 +262,35 @@ public final class Outbox: @unchecked Sendable {
         spool?.trim(firstHeld: target)
     }
 
-    /// The server holds lines up to `offset`, beyond all we ever took (a spool lost to a crash of the
-    /// machine, or a stream reused): drop everything and number new lines from there.
-    public func rebase(to offset: UInt64) {
+    public enum ResumeCheck: Equatable, Sendable {
+        /// The server holds no line this client did not number: drop what it holds (`acknowledge`).
+        case consistent
+        /// It held more than this client ever numbered and no line was taken here yet: lines are now
+        /// numbered from its offset (the spool's old lines are dropped; the server holds their offsets).
+        case rebased
+        /// It holds more than this client numbered, and lines taken here would get offsets it holds
+        /// (dropped there as duplicates, counted here as acknowledged: lost). Nothing changed.
+        case refused(linesTakenHere: UInt64, from: UInt64)
+    }
+
+    /// Checks a handshake's resume offset against the numbering. The server can hold only lines that
+    /// this outbox numbered and sent, or that the spool numbered before (lines are spooled and synced
+    /// before they are sent): at most max(first offset taken here, `sentUpTo`). An offset beyond that
+    /// means the spool is older than the stream (restored from a backup, or a copy also in use), so its
+    /// numbering is lost.
+    public func checkResume(_ offset: UInt64, sentUpTo: UInt64) -> ResumeCheck {
         appendLock.lock()
         defer { appendLock.unlock() }
         condition.lock()
-        guard offset > _nextOffset else { return condition.unlock() }
+        guard offset > max(takenHereFrom, sentUpTo) else {
+            condition.unlock()
+            return .consistent
+        }
+        if _nextOffset > takenHereFrom {
+            defer { condition.unlock() }
+            return .refused(linesTakenHere: _nextOffset - takenHereFrom, from: takenHereFrom)
+        }
+        takenHereFrom = offset
         entries.removeAll()
         head = 0
         held = 0
@@ -277,5 +303,6 @@ public final class Outbox: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
         spool?.rebase(to: offset)
+        return .rebased
     }
 }

@@ -106,6 +106,41 @@ extension Delivery {
     }
 
     /// serve is down when send starts: send --retry waits for it, then delivers everything.
+    /// A spool restored from a backup is older than its stream: the server holds lines it never
+    /// numbered, so lines taken since would get offsets the server holds (dropped there as duplicates,
+    /// counted acknowledged here). send must deliver them under new numbers or keep them and say why —
+    /// never exit 0 without them in the log.
+    @Test func aSpoolOlderThanItsStreamLosesNoNewLine() throws {
+        let server = try ServerProcess(arguments: ["--format", "raw"])
+        let spool = server.directory.appendingPathComponent("spool").path
+        let backup = server.directory.appendingPathComponent("backup").path
+        let send = ["send", "--port", "\(server.port)", "--key-file", server.keyPath, "--spool"]
+        var first = try Harness.run(send + [spool], stdin: numberedLines("a", count: 10))
+        #expect(first.status == 0, "\(first.stderr)")
+        try FileManager.default.copyItem(atPath: spool, toPath: backup)
+        first = try Harness.run(send + [spool], stdin: numberedLines("b", count: 1_000))
+        #expect(first.status == 0, "\(first.stderr)")
+        // The backup has numbered 10 lines; the server holds 1,010 of the stream.
+        let newLines = numberedLines("c", count: 500)
+        let restored = try Harness.run(send + [backup], stdin: newLines)
+        let logged = lines(server.log)
+        let newLogged = logged.filter { $0.hasPrefix("c-") }
+        if restored.status == 0 {
+            // The handshake came before any new line was taken: they were numbered from 1,010.
+            #expect(restored.stderr.contains("numbering goes on from there"), "\(restored.stderr)")
+            #expect(newLogged.elementsEqual(lines(newLines)))
+        } else {
+            #expect(restored.stderr.contains("older than the stream"), "\(restored.stderr)")
+            #expect(restored.stderr.contains("kept in \(backup)"), "\(restored.stderr)")
+            #expect(acknowledgedCount(in: restored.stderr) == 0, "\(restored.stderr)")
+            #expect(newLogged.isEmpty)
+            let spooled = try FileManager.default.contentsOfDirectory(atPath: backup).filter { $0.hasSuffix(".lines") }
+                .map { try Data(contentsOf: URL(fileURLWithPath: backup + "/" + $0)) }.reduce(Data(), +)
+            #expect(lines(spooled).filter { $0.hasPrefix("c-") }.elementsEqual(lines(newLines)), "every new line is still in the spool")
+        }
+        #expect(logged.count == 1_010 + newLogged.count)
+    }
+
     @Test func serveDownWhenSendStartsThenComingUp() throws {
         let server = try RestartableServe(arguments: ["--format", "raw"], start: false)
         let input = numberedLines("d", count: 50_000)

@@ -34,6 +34,23 @@ func drain(_ outbox: Outbox, from offset: UInt64) -> (bytes: [UInt8], end: UInt6
         #expect(outbox.isDrained)
     }
 
+    /// A resume offset beyond every line numbered or sent here: lines taken here are never renumbered
+    /// under offsets the server holds; with none taken, numbering goes on from the server's offset.
+    @Test func aResumeOffsetBeyondTheNumberingNeverSwallowsLinesTakenHere() throws {
+        let outbox = Outbox(maximumBytes: 1 << 20, firstOffset: 10)
+        #expect(outbox.checkResume(10, sentUpTo: 0) == .consistent)
+        #expect(outbox.checkResume(50, sentUpTo: 0) == .rebased)
+        #expect(outbox.firstHeld == 50 && outbox.nextOffset == 50)
+        try outbox.append(batch("n", 0..<5), lineCount: 5)
+        #expect(outbox.checkResume(50, sentUpTo: 0) == .consistent)
+        #expect(outbox.checkResume(53, sentUpTo: 55) == .consistent)  // sent here: the server may hold them
+        #expect(outbox.checkResume(56, sentUpTo: 55) == .refused(linesTakenHere: 5, from: 50))
+        #expect(outbox.checkResume(51, sentUpTo: 0) == .refused(linesTakenHere: 5, from: 50))
+        #expect(outbox.firstHeld == 50 && outbox.nextOffset == 55, "a refusal changes nothing")
+        outbox.finishInput()
+        #expect(drain(outbox, from: 50).bytes == batch("n", 0..<5))
+    }
+
     /// A full outbox blocks its input (never drops it) until an ACK makes room.
     @Test func aFullOutboxBlocksInputUntilAcknowledged() throws {
         let outbox = Outbox(maximumBytes: 100)
