@@ -545,17 +545,23 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged.
-    private func finishDisconnectIfReady() {
-        guard let (code, reason, isError) = disconnectPending, framesAtWriter == 0, !ended else { return }
+    /// Our DISCONNECT (answer or shutdown) goes out only after the ACK for everything logged — or, once
+    /// the drain timeout has passed (`drainTimedOut`), after the ACKs already sent: what is still at the
+    /// writer (a stalled disk or database) is not acknowledged. The client reports it as sent but not
+    /// acknowledged; it may be logged as the writer finishes, which the stream table counts, so a
+    /// resumed stream does not send it twice.
+    private func finishDisconnectIfReady(drainTimedOut: Bool = false) {
+        guard let (code, reason, isError) = disconnectPending, framesAtWriter == 0 || drainTimedOut, !ended else { return }
+        let held = framesAtWriter
         session.disconnect(code: code, reason: reason)
         flushOutbound()
+        let unlogged = held == 0 ? "" : " with \(held) frame\(held == 1 ? "" : "s") not yet logged, unacknowledged"
         if code == .normal {
-            end("session ended", isError: false)
+            end("session ended" + unlogged, isError: false)
         } else if isError {
-            end(reason, isError: true)
+            end(reason + unlogged, isError: true)
         } else {
-            end("session ended by server (\(reason))", isError: false)
+            end("session ended by server (\(reason))" + unlogged, isError: false)
         }
     }
 
@@ -575,19 +581,6 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         default:
             end("closed: server shutting down", isError: false)
         }
-    }
-
-    /// The drain timeout passed and lines of this session are still at the writer (a stalled disk or
-    /// database): the DISCONNECT goes out now, after the ACKs already sent. What is still at the writer
-    /// is not acknowledged — the client reports it as sent but not acknowledged, and may be logged as
-    /// the writer finishes, which the stream table counts, so a resumed stream does not send it twice.
-    private func drainTimedOut() {
-        guard !ended, let (code, reason, _) = disconnectPending,
-              session.state == .established || session.state == .disconnectReceived else { return }
-        let held = framesAtWriter
-        session.disconnect(code: code, reason: reason)
-        flushOutbound()
-        end("session ended by server (\(reason)) with \(held) frame\(held == 1 ? "" : "s") not yet logged, unacknowledged", isError: false)
     }
 
     /// The keyring was reloaded (SIGHUP): a session whose identity is gone or has another key ends with
@@ -689,7 +682,7 @@ final class ServerSessionHandler: ChannelDuplexHandler {
         } else if event is ShutdownRequest {
             beginShutdown()
         } else if event is DrainTimeout {
-            drainTimedOut()
+            finishDisconnectIfReady(drainTimedOut: true)
         } else if event is KeysChanged {
             checkKeyStillValid()
         } else {
