@@ -1,9 +1,11 @@
 /// An IPv4 or IPv6 address, compact and hashable for connection lookup.
 /// IPv4 lives in the low 32 bits of `low`; the family keeps 1.2.3.4 and ::1.2.3.4 apart.
 struct IPAddress: Hashable, Comparable {
-    let isIPv6: Bool
+    // The flag last: 17 bytes, so an endpoint (with its port) packs into 24 and a connection's pair of
+    // them, the reassembler's table key, into 48 instead of 64.
     let high: UInt64
     let low: UInt64
+    let isIPv6: Bool
 
     init(ipv4: UInt32) {
         isIPv6 = false

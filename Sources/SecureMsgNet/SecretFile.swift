@@ -64,8 +64,7 @@ public enum SecretFile {
     /// Refuses a directory others could use to replace a secret file in it (group- or world-writable and
     /// not sticky, or owned by another user than the caller or root).
     public static func checkDirectory(of path: String, what: String) throws(Failure) {
-        let directory = (path as NSString).deletingLastPathComponent
-        let name = directory.isEmpty ? "." : directory
+        let name = PathName.directory(of: path)
         var info = stat()
         guard stat(name, &info) == 0 else { return }  // open() reports the missing path
         if info.st_mode & 0o022 != 0 && info.st_mode & S_ISVTX == 0 {
@@ -123,9 +122,9 @@ public enum SecretFile {
     /// Replaces `path` atomically: a temporary file (0600) in the same directory, written and fsync'd,
     /// renamed over `path`, then the directory fsync'd. A reader sees the old file or the new, whole.
     public static func replace(path: String, bytes: [UInt8], what: String) throws(Failure) {
-        let directory = (path as NSString).deletingLastPathComponent
-        let base = (path as NSString).lastPathComponent
-        var template = Array(((directory.isEmpty ? "" : directory + "/") + ".\(base).XXXXXX").utf8CString)
+        let directory = PathName.directory(of: path)
+        let base = PathName.base(of: path)
+        var template = Array(((directory == "/" ? "/" : directory + "/") + ".\(base).XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw Failure("cannot write \(what) \(path): \(lastError())") }
         let temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -147,8 +146,8 @@ public enum SecretFile {
     /// Runs `body` holding an exclusive lock on the directory of `path` (flock), so two concurrent edits
     /// of one keyring cannot lose each other's change.
     public static func withDirectoryLock<T>(of path: String, what: String, _ body: () throws -> T) throws -> T {
-        let directory = (path as NSString).deletingLastPathComponent
-        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let directory = PathName.directory(of: path)
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw Failure("\(what) \(path): \(lastError())") }
         defer { close(fd) }
         guard flock(fd, LOCK_EX) == 0 else { throw Failure("\(what) \(path): cannot lock its directory: \(lastError())") }
@@ -166,8 +165,8 @@ public enum SecretFile {
     }
 
     private static func syncDirectory(of path: String, what: String) throws(Failure) {
-        let directory = (path as NSString).deletingLastPathComponent
-        let fd = open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let directory = PathName.directory(of: path)
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw Failure("cannot sync the directory of \(what) \(path): \(lastError())") }
         defer { close(fd) }
         guard fsync(fd) == 0 else { throw Failure("cannot sync the directory of \(what) \(path): \(lastError())") }

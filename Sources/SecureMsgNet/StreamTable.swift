@@ -240,8 +240,8 @@ public final class StreamTable: @unchecked Sendable {
 
 /// fsync of the directory holding `path`, so a rename or a new file survives a crash of the machine.
 func syncDirectory(of path: String) {
-    let directory = (path as NSString).deletingLastPathComponent
-    let fd = Foundation.open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    let directory = PathName.directory(of: path)
+    let fd = Foundation.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     guard fd >= 0 else { return }
     _ = fsync(fd)
     Foundation.close(fd)

@@ -165,8 +165,8 @@ final class CaptureDecoder {
         var sawData = false
         var lostClientToServer = false, lostServerToClient = false  // given up (gap, lost framing)
         var closedClientToServer = false, closedServerToClient = false
-        var clientToServer = UnitSplitter(handshakeUnits: [.clientHello, .clientFinished])
-        var serverToClient = UnitSplitter(handshakeUnits: [.serverHello])
+        var clientToServer = UnitSplitter(handshakeUnits: UnitSplitter.clientUnits)
+        var serverToClient = UnitSplitter(handshakeUnits: UnitSplitter.serverUnits)
         var lastClientToServer: UInt64?, lastServerToClient: UInt64?
         var readingClientToServer: Reading?, readingServerToClient: Reading?
         /// Fields every row of a v2 session carries (stream, identity).

@@ -109,8 +109,8 @@ struct KeyOptions: ParsableArguments {
     }
 
     static func write(_ file: KeyFile, to path: String, createDirectory: Bool) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        if createDirectory, !directory.isEmpty {
+        let directory = PathName.directory(of: path)
+        if createDirectory, directory != "." {
             do {
                 try FileManager.default.createDirectory(
                     atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])

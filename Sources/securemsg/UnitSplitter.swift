@@ -7,7 +7,13 @@ import SecureMsgCore
 struct UnitSplitter {
     enum HandshakeUnit { case clientHello, clientFinished, serverHello }
 
-    private var handshakeUnits: [HandshakeUnit]
+    /// What a client sends before its first frame, and what a server sends.
+    static let clientUnits: [HandshakeUnit] = [.clientHello, .clientFinished]
+    static let serverUnits: [HandshakeUnit] = [.serverHello]
+
+    /// A slice of one of the arrays above: shared, not a buffer of its own per connection (a SYN flood
+    /// tracks tens of thousands of connections that never send a byte).
+    private var handshakeUnits: ArraySlice<HandshakeUnit>
     private var remaining = 0  // bytes left in the current unit; 0 at a unit boundary
     /// The part of a hello or of a frame's length field seen so far (a hello's first 55 bytes at most;
     /// its storage is released once the hellos are cut, so an idle connection of a flood holds none).
@@ -15,7 +21,7 @@ struct UnitSplitter {
     private var broken = false
 
     init(handshakeUnits: [HandshakeUnit]) {
-        self.handshakeUnits = handshakeUnits
+        self.handshakeUnits = handshakeUnits[...]
     }
 
     /// The offsets in `bytes` at which a unit ends (before `bytes.count`, or equal to it).

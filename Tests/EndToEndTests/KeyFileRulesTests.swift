@@ -173,4 +173,28 @@ func runWithStandardOutput(file: String, _ arguments: [String]) throws -> (statu
         expectRefused(try Harness.run(["send", "--port", "1"], stdin: Data("x\n".utf8), environment: environment),
                       "expected 64 hex digits, found 65")
     }
+
+    /// Every file named by one letter in the working directory: Foundation's deletingLastPathComponent
+    /// trapped on such a name, so `--key-file k` (and a keyring, log, table or spool named so) killed
+    /// each command with SIGILL before it read the file.
+    @Test func oneLetterFileNamesInTheWorkingDirectory() throws {
+        let directory = Harness.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let keygen = try Harness.run(["keygen", "--output", "k"], directory: directory)
+        #expect(keygen.status == 0, "\(keygen.stderr)")
+        let add = try Harness.run(["keyring", "add", "alice", "--keyring", "r", "--output", "c"], directory: directory)
+        #expect(add.status == 0, "\(add.stderr)")
+        let server = try ServerProcess(directory: directory, keyPath: "k",
+                                       arguments: ["--keyring", "r", "--log", "l", "--stream-table", "t"])
+        let input = Data("one\ntwo\n".utf8)
+        for key in ["k", "c"] {
+            let sent = try Harness.run(["send", "--port", "\(server.port)", "--key-file", key, "--spool", "s\(key)"],
+                                       stdin: input, directory: directory)
+            #expect(sent.status == 0, "\(sent.stderr)")
+        }
+        let logged = try String(contentsOf: directory.appendingPathComponent("l"), encoding: .utf8)
+        #expect(logged.split(separator: "\n").count == 4, "\(logged)")
+        let removed = try Harness.run(["keyring", "remove", "alice", "--keyring", "r"], directory: directory)
+        #expect(removed.status == 0, "\(removed.stderr)")
+    }
 }
