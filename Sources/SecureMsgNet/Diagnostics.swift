@@ -24,8 +24,10 @@ public final class DiagnosticQueue: @unchecked Sendable {
         thread.start()
     }
 
-    /// Queues one line (a newline is added); never blocks on stderr.
+    /// Queues one line (a newline is added, the text made one line by `StandardError.oneLine`); never
+    /// blocks on stderr.
     public func line(_ text: String) {
+        let text = StandardError.oneLine(text)
         condition.lock()
         defer { condition.unlock() }
         let utf8 = text.utf8

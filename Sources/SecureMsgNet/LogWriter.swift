@@ -360,11 +360,13 @@ public enum ServerError: Error, CustomStringConvertible {
     case logFile(path: String, reason: String)
     case bind(String)
     case keyLog(path: String, reason: String)
+    case streamTable(path: String, reason: String)
 
     public var description: String {
         switch self {
         case .logFile(let path, let reason): "cannot open log file \(path): \(reason)"
         case .keyLog(let path, let reason): "cannot use key log \(path): \(reason)"
+        case .streamTable(let path, let reason): "cannot use stream table \(path): \(reason)"
         case .bind(let reason): reason
         }
     }

@@ -45,16 +45,16 @@ public final class StreamTable: @unchecked Sendable {
         do {
             bytes = try Self.readFile(path)
         } catch {
-            throw ServerError.logFile(path: path, reason: "stream table: \(error)")
+            throw ServerError.streamTable(path: path, reason: "\(error)")
         }
         guard let (groups, ends) = StreamTableFormat.decode(bytes) else {
-            throw ServerError.logFile(path: path, reason: "not a securemsg stream table (refusing to overwrite it)")
+            throw ServerError.streamTable(path: path, reason: "not a securemsg stream table (refusing to overwrite it)")
         }
         var logIdentity: LogFileIdentity?
         var logSize: UInt64 = 0
         if logFD >= 0 {
             var info = stat()
-            guard fstat(logFD, &info) == 0 else { throw ServerError.logFile(path: path, reason: String(cString: strerror(errno))) }
+            guard fstat(logFD, &info) == 0 else { throw ServerError.streamTable(path: path, reason: String(cString: strerror(errno))) }
             logIdentity = LogFileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
             logSize = UInt64(info.st_size)
         }
@@ -62,7 +62,7 @@ public final class StreamTable: @unchecked Sendable {
         var notes: [String] = []
         if let cut = recovery.truncateLogTo {
             guard ftruncate(logFD, off_t(cut)) == 0, fdatasync(logFD) == 0 else {
-                throw ServerError.logFile(path: path, reason: "cannot cut the log's uncounted tail: \(String(cString: strerror(errno)))")
+                throw ServerError.streamTable(path: path, reason: "cannot cut the log's uncounted tail: \(String(cString: strerror(errno)))")
             }
             notes.append("cut \(logSize - cut) uncounted bytes from the log's tail (a write interrupted by a crash)")
         }
@@ -74,14 +74,14 @@ public final class StreamTable: @unchecked Sendable {
         streams.withLock { $0 = recovery.streams }
 
         fd = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)  // appends go to the end even after a cut-back
-        guard fd >= 0 else { throw ServerError.logFile(path: path, reason: "stream table: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ServerError.streamTable(path: path, reason: String(cString: strerror(errno))) }
         guard ftruncate(fd, off_t(recovery.tableLength)) == 0, lseek(fd, 0, SEEK_END) >= 0 else {
-            throw ServerError.logFile(path: path, reason: "stream table: \(String(cString: strerror(errno)))")
+            throw ServerError.streamTable(path: path, reason: String(cString: strerror(errno)))
         }
         fileLength = recovery.tableLength
         if fileLength == 0 {
             guard writeAll(fd, StreamTableFormat.magic) else {
-                throw ServerError.logFile(path: path, reason: "stream table: \(String(cString: strerror(errno)))")
+                throw ServerError.streamTable(path: path, reason: String(cString: strerror(errno)))
             }
             fileLength = StreamTableFormat.magic.count
         }
@@ -89,7 +89,7 @@ public final class StreamTable: @unchecked Sendable {
         lastForgetCheck = 0  // so the first commit below compacts: forgetting happens at every start too
         // Name the current log (and its size now) before any line goes into it.
         guard commit([:], log: logIdentity ?? .none, logSize: logSize, sync: true) else {
-            throw ServerError.logFile(path: path, reason: "stream table: \(String(cString: strerror(errno)))")
+            throw ServerError.streamTable(path: path, reason: String(cString: strerror(errno)))
         }
     }
 
@@ -218,12 +218,17 @@ public final class StreamTable: @unchecked Sendable {
     }
 
     static func readFile(_ path: String) throws -> [UInt8] {
-        let fd = Foundation.open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: a FIFO named by mistake is refused below instead of blocking serve's start.
+        let fd = Foundation.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         if fd < 0 {
             if errno == ENOENT { return [] }
             throw POSIXErrorText(errno)
         }
         defer { Foundation.close(fd) }
+        // Only a regular file: /dev/zero (or any device) would be read until memory ran out.
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw POSIXErrorText(errno) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw NotARegularFile() }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
@@ -245,6 +250,10 @@ func syncDirectory(of path: String) {
     guard fd >= 0 else { return }
     _ = fsync(fd)
     Foundation.close(fd)
+}
+
+struct NotARegularFile: Error, CustomStringConvertible {
+    var description: String { "not a regular file" }
 }
 
 struct POSIXErrorText: Error, CustomStringConvertible {

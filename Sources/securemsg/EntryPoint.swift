@@ -14,7 +14,7 @@ extension SecureMsg {
         if arguments.isEmpty {
             // No command at all is a usage error (as for tar or ip), not a request for help: the help
             // goes to stderr and the status is 2, so `securemsg $EMPTY` in a script does not pass.
-            StandardError.line(helpMessage() + "\n\n" + HelpExamples.section(for: nil))
+            StandardError.block(helpMessage() + "\n\n" + HelpExamples.section(for: nil))
             Foundation.exit(2)
         }
         do {

@@ -120,4 +120,30 @@ import Testing
         #expect(result.status == 0)
         #expect(result.stderr.hasPrefix("securemsg send: 1 line (4 bytes) acknowledged in "), "\(result.stderr)")
     }
+
+    /// A diagnostic is one line whatever the path in it holds: a newline, an escape sequence or a
+    /// bidirectional override in a file name is written escaped, as peer text is (it was written as
+    /// it is: two lines, and a terminal obeying the escape).
+    @Test func anErrorNamingAPathWithControlCharactersIsOneEscapedLine() throws {
+        let name = "a\nb\u{1B}[31mc\u{202E}d"
+        let result = try Harness.run(["send", "--key-file", name], stdin: Data("x\n".utf8))
+        #expect(result.status == 2)
+        #expect(result.stderr == "securemsg send: key file a\\x0ab\\x1b[31mc\\u{202E}d: No such file or directory\n",
+                "\(result.stderr)")
+    }
+
+    /// A stream table that is not a regular file is refused at start: /dev/zero was read until memory
+    /// ran out, and a FIFO blocked serve's start.
+    @Test(arguments: ["/dev/zero", "fifo"])
+    func aStreamTableThatIsNotARegularFileIsRefused(table: String) throws {
+        let directory = Harness.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let key = try Harness.makeKey(in: directory)
+        let path = table == "fifo" ? directory.appendingPathComponent("fifo").path : table
+        if table == "fifo" { #expect(mkfifo(path, 0o600) == 0) }
+        let result = try Harness.run(["serve", "--port", "0", "--key-file", key, "--stream-table", path],
+                                     directory: directory, timeout: 10)
+        #expect(result.status == 1)
+        #expect(result.stderr == "securemsg serve: cannot use stream table \(path): not a regular file\n", "\(result.stderr)")
+    }
 }
