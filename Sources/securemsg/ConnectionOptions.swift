@@ -22,7 +22,9 @@ struct ConnectionOptions: ParsableArguments {
     func validate() throws {
         _ = try HostArgument.parse(host)
         guard (1...65535).contains(port) else { throw ValidationError("--port must be 1...65535") }
-        guard connectTimeout > 0, ackTimeout > 0, disconnectTimeout > 0 else { throw ValidationError("timeouts must be positive") }
+        guard [connectTimeout, ackTimeout, disconnectTimeout].allSatisfy((1...maximumTimeoutSeconds).contains) else {
+            throw ValidationError("timeouts must be 1...\(maximumTimeoutSeconds) seconds (a year)")
+        }
         try validateHeartbeat(interval: heartbeatInterval, timeout: heartbeatTimeout)
     }
 
@@ -40,6 +42,11 @@ struct ConnectionOptions: ParsableArguments {
         return options
     }
 }
+
+/// The longest timeout in whole seconds (a year). Far beyond any use, and far below what a deadline can
+/// hold: Foundation's timed waits trap on a date near Int64.max seconds (`--ack-timeout 9223372036854775807`
+/// killed send with SIGILL).
+let maximumTimeoutSeconds = 31_536_000
 
 /// The heartbeat options of serve, send and repl: seconds, fractions allowed, timeout above interval.
 func validateHeartbeat(interval: Double, timeout: Double) throws {

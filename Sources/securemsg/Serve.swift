@@ -101,6 +101,14 @@ struct Serve: ParsableCommand {
               maxLinesPerFrame > 0, maxOutboundKb > 0, maxBufferedMb > 0, closeTimeout > 0, drainTimeout > 0, forgetStreamsAfter > 0, maxStreams > 0 else {
             throw ValidationError("limits and timeouts must be positive")
         }
+        guard [handshakeTimeout, idleTimeout, closeTimeout, drainTimeout].allSatisfy({ $0 <= maximumTimeoutSeconds }) else {
+            throw ValidationError("timeouts must be at most \(maximumTimeoutSeconds) seconds (a year)")
+        }
+        // Upper bounds where a product would overflow (KiB and MiB to bytes) or the machine give out
+        // (one thread each): --max-buffered-mb 9223372036854775807 wrapped negative and stopped reading.
+        guard maxOutboundKb <= 1 << 20 else { throw ValidationError("--max-outbound-kb must be 1...1048576 (1 GiB)") }
+        guard maxBufferedMb <= 1 << 20 else { throw ValidationError("--max-buffered-mb must be 1...1048576 (1 TiB)") }
+        guard (threads ?? 1) <= 256 else { throw ValidationError("--threads must be 1...256") }
         guard let mode = mode_t(logMode, radix: 8), mode <= 0o777 else { throw ValidationError("--log-mode must be octal, 0...777") }
         if mode & 0o002 != 0 { throw ValidationError("--log-mode \(logMode): a log others can write is a log anyone can forge") }
         if log == "-" && !echoes { throw ValidationError("--log - writes the lines to stdout, which --no-echo turns off") }

@@ -36,6 +36,25 @@ import Testing
         }
     }
 
+    /// Values at the top of Int's range are refused like any other bad value: before, send's
+    /// `--ack-timeout`/`--connect-timeout` trapped in a timed wait (SIGILL), serve's `--max-outbound-kb`
+    /// trapped, `--threads` crashed allocating its loops, and `--max-buffered-mb` wrapped negative and
+    /// never read again.
+    @Test(arguments: [
+        (["send", "--ack-timeout", "9223372036854775807"], "securemsg send: timeouts must be 1...31536000 seconds (a year)"),
+        (["send", "--connect-timeout", "31536001"], "securemsg send: timeouts must be 1...31536000 seconds (a year)"),
+        (["repl", "--disconnect-timeout", "9223372036854775807"], "securemsg repl: timeouts must be 1...31536000 seconds (a year)"),
+        (["serve", "--idle-timeout", "9223372036854775807"], "securemsg serve: timeouts must be at most 31536000 seconds (a year)"),
+        (["serve", "--max-outbound-kb", "9223372036854775807"], "securemsg serve: --max-outbound-kb must be 1...1048576 (1 GiB)"),
+        (["serve", "--max-buffered-mb", "9223372036854775807"], "securemsg serve: --max-buffered-mb must be 1...1048576 (1 TiB)"),
+        (["serve", "--threads", "4294967296"], "securemsg serve: --threads must be 1...256"),
+    ])
+    func hugeLimitsAreUsageErrors(arguments: [String], expected: String) throws {
+        let result = try Harness.run(arguments, stdin: Data("x\n".utf8), timeout: 20)
+        #expect(result.status == 2)
+        #expect(result.stderr == "\(expected) (see 'securemsg \(arguments[0]) --help')\n", "\(result.stderr.prefix(300))")
+    }
+
     @Test func noCommandAtAllIsAUsageErrorWithTheHelpOnStderr() throws {
         let result = try Harness.run([])
         #expect(result.status == 2)
