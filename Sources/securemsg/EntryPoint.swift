@@ -17,6 +17,12 @@ extension SecureMsg {
             StandardError.block(helpMessage() + "\n\n" + HelpExamples.section(for: nil))
             Foundation.exit(2)
         }
+        if arguments.count == 1, let group = configuration.subcommands.first(where: { $0._commandName == arguments[0] }),
+           !group.configuration.subcommands.isEmpty {
+            // `securemsg keyring` alone: the same rule, with that command's help.
+            StandardError.block(helpMessage(for: group) + "\n\n" + HelpExamples.section(for: arguments[0]))
+            Foundation.exit(2)
+        }
         do {
             try checkHelpTopics(arguments)
             var command = try parseAsRoot(arguments)
@@ -29,9 +35,14 @@ extension SecureMsg {
 
     static let subcommandNames = configuration.subcommands.map { $0._commandName }
 
-    /// The subcommand the arguments name (it can only be the first one: the root has no options of its own).
+    /// The subcommand the arguments name (it can only be the first one: the root has no options of its own),
+    /// with its own subcommand when it has them and the second argument names one ("keyring add"), so
+    /// that a usage error points at the help that lists the missing argument.
     static func subcommandName(in arguments: [String]) -> String? {
-        guard let first = arguments.first, subcommandNames.contains(first) else { return nil }
+        guard let first = arguments.first,
+              let command = configuration.subcommands.first(where: { $0._commandName == first }) else { return nil }
+        let nested = command.configuration.subcommands.map { $0._commandName }
+        if arguments.count > 1, nested.contains(arguments[1]) { return "\(first) \(arguments[1])" }
         return first
     }
 

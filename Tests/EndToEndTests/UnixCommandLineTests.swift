@@ -55,6 +55,19 @@ import Testing
         #expect(result.stderr == "\(expected) (see 'securemsg \(arguments[0]) --help')\n", "\(result.stderr.prefix(300))")
     }
 
+    /// `securemsg keyring` without its subcommand follows the rule of `securemsg` alone (it printed the
+    /// help on stdout with status 0), and a usage error of `keyring add` names `keyring add` and its help
+    /// (it named `keyring`, whose help does not list add's arguments).
+    @Test func keyringAloneAndAKeyringSubcommandsUsageErrors() throws {
+        let alone = try Harness.run(["keyring"])
+        #expect(alone.status == 2)
+        #expect(alone.stdout.isEmpty)
+        #expect(alone.stderr.contains("USAGE: securemsg keyring <subcommand>") && alone.stderr.contains("EXAMPLES:"))
+        let add = try Harness.run(["keyring", "add"])
+        #expect(add.status == 2)
+        #expect(add.stderr == "securemsg keyring add: missing expected argument '<name>' (see 'securemsg keyring add --help')\n")
+    }
+
     @Test func noCommandAtAllIsAUsageErrorWithTheHelpOnStderr() throws {
         let result = try Harness.run([])
         #expect(result.status == 2)
