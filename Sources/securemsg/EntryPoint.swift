@@ -9,6 +9,7 @@ import SecureMsgNet
 /// - `securemsg help NAME` with an unknown NAME is a usage error (ArgumentParser shows the top help, status 0).
 extension SecureMsg {
     static func main() {
+        reserveStandardDescriptors()
         let arguments = Array(CommandLine.arguments.dropFirst())
         let subcommand = subcommandName(in: arguments)
         if arguments.isEmpty {
@@ -31,6 +32,21 @@ extension SecureMsg {
             finish(with: error, subcommand: subcommand)
         }
         Foundation.exit(0)
+    }
+
+    /// A process started with fd 0, 1 or 2 closed (`>&-`, a careless supervisor) would hand that number
+    /// to the next open(), pipe() or socket: serve's log file became "stdout", so every line was logged
+    /// twice (and with 2 closed, the diagnostics went into the log); in repl "stdin" was SwiftNIO's
+    /// eventfd or the editor's wakeup pipe. /dev/null takes any free standard slot first, before
+    /// anything else is opened, as OpenSSH's sanitise_stdfd does.
+    static func reserveStandardDescriptors() {
+        for fd in [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO] where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
+            let opened = open("/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY)
+            if opened >= 0 && opened != fd {
+                _ = dup2(opened, fd)
+                close(opened)
+            }
+        }
     }
 
     static let subcommandNames = configuration.subcommands.map { $0._commandName }

@@ -25,7 +25,6 @@ struct Repl: ParsableCommand {
 
     func run() throws {
         try Self.run("repl") {
-            ReplSession.reserveStandardDescriptors()
             let options = try connection.clientOptions()
             if retry || retryFor != nil {
                 var configuration = Delivery.Configuration(options: options)

@@ -13,19 +13,6 @@ enum ReplSession {
     /// `describe`: NUL prints as `\x00`), so none can contain this NUL and be mistaken for it.
     private static let disconnectRequested = "\u{0}!DISCONNECT"
 
-    /// A process started with fd 0, 1 or 2 closed would hand that number to the next open(), pipe()
-    /// or epoll: then "stdin" would be SwiftNIO's eventfd or the editor's own wakeup pipe, and
-    /// "stdout" might be the server's socket. /dev/null takes any free standard slot first.
-    static func reserveStandardDescriptors() {
-        for fd in [STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO] where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
-            let opened = open("/dev/null", fd == STDIN_FILENO ? O_RDONLY : O_WRONLY)
-            if opened >= 0 && opened != fd {
-                _ = dup2(opened, fd)
-                close(opened)
-            }
-        }
-    }
-
     // MARK: On a terminal: readline
 
     /// The readline prompt with its history file (a history that cannot be kept is said once, not fatal).

@@ -178,4 +178,50 @@ import Testing
         #expect(result.status == 1)
         #expect(result.stderr == "securemsg serve: cannot use stream table \(path): not a regular file\n", "\(result.stderr)")
     }
+
+    /// serve started with stdout (or stderr) closed, as `>&-` or a careless supervisor leaves it: the log
+    /// file took descriptor 1 (or 2), so every line was logged twice (or the diagnostics went into the
+    /// log). Each line must be in the log once and nothing else.
+    @Test(arguments: ["1", "2"])
+    func serveStartedWithAStandardDescriptorClosedLogsEachLineOnce(closed: String) throws {
+        let directory = Harness.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let key = try Harness.makeKey(in: directory)
+        let log = directory.appendingPathComponent("log").path
+        // A port free a moment ago (serve's "listening on" line may be the closed stream).
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")),
+                                  sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                _ = bind(probe, $0, length)
+                _ = getsockname(probe, $0, &length)
+            }
+        }
+        close(probe)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let serve = Process()
+        serve.executableURL = URL(fileURLWithPath: "/bin/sh")
+        serve.arguments = ["-c", "exec \"$0\" \"$@\" \(closed)>&-", Harness.binary, "serve", "--port", "\(port)",
+                           "--key-file", key, "--log", log, "--format", "raw"]
+        let other = directory.appendingPathComponent("other").path
+        FileManager.default.createFile(atPath: other, contents: nil)
+        let otherHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: other))
+        if closed == "1" { serve.standardError = otherHandle } else { serve.standardOutput = otherHandle }
+        serve.standardInput = FileHandle.nullDevice
+        try serve.run()
+        defer { if serve.isRunning { kill(serve.processIdentifier, SIGKILL); serve.waitUntilExit() } }
+        let lines = (0..<100).map { "line \($0)\n" }.joined()
+        var sent = try Harness.run(["send", "--port", "\(port)", "--key-file", key], stdin: Data(lines.utf8))
+        let deadline = Date(timeIntervalSinceNow: 20)
+        while sent.status != 0 && Date() < deadline {  // until serve listens
+            usleep(100_000)
+            sent = try Harness.run(["send", "--port", "\(port)", "--key-file", key], stdin: Data(lines.utf8))
+        }
+        #expect(sent.status == 0, "\(sent.stderr)")
+        kill(serve.processIdentifier, SIGTERM)
+        serve.waitUntilExit()
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == lines)
+    }
 }
