@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -5,16 +6,36 @@ import NIOPosix
 /// `serve --metrics HOST:PORT`: a small HTTP/1.1 listener that answers `GET /metrics` with the Prometheus
 /// text format and everything else with 404. One event loop of its own, so a slow scraper never shares
 /// a loop with clients; each response closes its connection (scrapes are seconds apart).
+///
+/// Bounded, as the client port is: its descriptors come from the same process limit, so connections
+/// anyone could open and leave idle would take the ones serve needs to accept clients (nobody without a
+/// key may deny service cheaply). At most `maximumConnections` at once (more are closed at once), and
+/// each is closed `requestDeadline` after it was accepted, answered or not (a slow or silent scraper).
 public final class MetricsServer: Sendable {
+    public static let maximumConnections = 8
+    public static let requestDeadline = TimeAmount.seconds(10)
+
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let channel: Channel
+    /// Connections open now.
+    private let open = NIOLockedValueBox(0)
 
     /// Binds and serves; `render` is called on each scrape.
     public init(host: String, port: Int, render: @escaping @Sendable () -> String) throws {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+            .childChannelInitializer { [open] channel in
+                guard open.withLockedValue({ count in
+                    guard count < Self.maximumConnections else { return false }
+                    count += 1
+                    return true
+                }) else { return channel.close() }
+                let deadline = channel.eventLoop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) }
+                channel.closeFuture.whenComplete { _ in
+                    deadline.cancel()
+                    open.withLockedValue { $0 -= 1 }
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(MetricsHandler(render: render))
                 }

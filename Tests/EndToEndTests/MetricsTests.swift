@@ -54,6 +54,38 @@ import Testing
     }
 }
 
+extension MetricsTests {
+    /// The metrics port shares serve's descriptors: 1,100 connections left idle on it, under `ulimit -n
+    /// 1024`, took every descriptor and no client could connect. Now at most 8 are held (the rest closed
+    /// at once), a client still gets through, each held one is closed within the 10 s deadline, and a
+    /// scrape works again.
+    @Test func idleMetricsConnectionsCannotTakeServesDescriptors() throws {
+        let serve = try HardenedServe(["--metrics", "127.0.0.1:0", "--format", "raw"], shellPrefix: "ulimit -n 1024")
+        try #require(serve.waitForStderr { $0.contains("/metrics\n") })
+        let metricsPort = Int(try #require(serve.stderr.firstMatch(of: /metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/)).1)!
+        var idle: [Int32] = []
+        defer { for fd in idle { close(fd) } }
+        for _ in 0..<1_100 {
+            let fd = connectFrom("127.0.0.5", port: metricsPort)
+            if fd >= 0 { idle.append(fd) }
+        }
+        func stillOpen() -> Int {
+            idle.filter { fd in
+                var byte: UInt8 = 0
+                return recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) < 0 && errno == EAGAIN
+            }.count
+        }
+        usleep(1_000_000)
+        let held = stillOpen()
+        #expect(held <= 8, "\(held) idle metrics connections held open")
+        let healthy = try serve.send(Data("healthy\n".utf8), timeout: 30)
+        #expect(healthy.status == 0, "\(healthy.stderr)")
+        #expect(waitUntil(timeout: 15) { stillOpen() == 0 }, "held past the deadline: \(stillOpen())")
+        let (status, body) = try httpGet(port: metricsPort, path: "/metrics")
+        #expect(status == 200 && body.contains("\nsecuremsg_lines_logged_total 1\n"), "\(body.prefix(500))")
+    }
+}
+
 /// A minimal HTTP/1.1 GET over a loopback TCP socket: (status, body).
 func httpGet(port: Int, path: String, host: String = "127.0.0.1") throws -> (status: Int, body: String) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
