@@ -61,6 +61,20 @@ public enum ProxyIPAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// What serve's per-source limit (`--max-unauthenticated-per-source`) counts this address as: an IPv4
+    /// address itself; an IPv6 address by its /64 (`2001:db8:1:2::/64`), because one subscriber, host or
+    /// container is given a whole /64 and could otherwise open connections from 2^64 "sources"; an
+    /// IPv4-mapped IPv6 address (a listener on [::]) as the IPv4 address it is.
+    public var sourceBlock: String {
+        switch self {
+        case .v4:
+            return description
+        case .v6(let high, let low):
+            if high == 0 && low >> 32 == 0xFFFF { return ProxyIPAddress.v4(UInt32(truncatingIfNeeded: low)).description }
+            return ProxyIPAddress.v6(high, 0).description + "/64"
+        }
+    }
+
     /// From 4 or 16 bytes in network order.
     public init?(bytes: UnsafeRawBufferPointer) {
         switch bytes.count {

@@ -115,7 +115,7 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .header(let header, let consumed):
                 buffer.moveReaderIndex(forwardBy: consumed)
                 if let source = header.source, header.command == .proxy {
-                    startSession(context, peer: source.description, source: source.address.description, slot: nil, bytes: buffer)
+                    startSession(context, peer: source.description, source: source.address.sourceBlock, slot: nil, bytes: buffer)
                 } else if header.command == .local && buffer.readableBytes == 0 {
                     afterLocalHeader = true
                 } else {

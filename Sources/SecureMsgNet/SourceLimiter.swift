@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import SecureMsgCore
 import NIOCore
 
 /// Unauthenticated connections per source address (`--max-unauthenticated-per-source`): a connection
@@ -53,12 +54,17 @@ final class SourceSlot: @unchecked Sendable {  // touched only on the connection
     deinit { release() }
 }
 
-/// The source address of a peer, without its port (what the per-source limit counts).
+/// What the per-source limit counts a peer as: its IPv4 address, or its IPv6 /64 (`ProxyIPAddress.sourceBlock`).
 func sourceAddress(_ address: SocketAddress?) -> String {
     guard let address else { return "?" }
     switch address {
-    case .v4(let a): return a.host
-    case .v6(let a): return a.host
-    default: return address.description
+    case .v4(let a):
+        return ProxyIPAddress.v4(UInt32(bigEndian: a.address.sin_addr.s_addr)).sourceBlock
+    case .v6(let a):
+        var raw = a.address.sin6_addr
+        let ip = withUnsafeBytes(of: &raw) { ProxyIPAddress(bytes: $0) }
+        return ip?.sourceBlock ?? a.host
+    default:
+        return address.description
     }
 }

@@ -238,6 +238,43 @@ import Testing
         withExtendedLifetime(idle) {}
     }
 
+    /// IPv6 clients count by their /64: three sources of one /64 share its two slots (they counted as
+    /// three sources, so a host with a /64 had 2^64 of them), while a client of the next /64 is served.
+    /// Headers by hand, as a balancer on 127.0.0.1 sends them for IPv6 clients.
+    @Test func thePerSourceLimitCountsAnIPv6ClientByItsSlash64() throws {
+        let server = try ServerProcess(arguments: Self.balancer + ["--max-unauthenticated-per-source", "2"])
+        let key = try loadKey(server.keyPath)
+        func header(_ source: [UInt8]) -> [UInt8] {
+            let destination: [UInt8] = [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1]
+            let block = source + destination + [0xEE, 0x48, 0x13, 0xBA]  // ports 61000 -> 5050
+            return [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x21, 0, UInt8(block.count)] + block
+        }
+        let prefix: [UInt8] = [0x20, 0x01, 0x0D, 0xB8, 0, 1, 0, 2]  // 2001:db8:1:2::/64
+        let idle = try (0..<2).map { n -> RawSocket in
+            let socket = try RawSocket(port: server.port)
+            try socket.write(header(prefix + [0, 0, 0, 0, 0, 0, 0, UInt8(0xA + n)]))
+            return socket
+        }
+        usleep(300_000)
+        let third = try RawClient(port: server.port, key: key)
+        try third.socket.write(header(prefix + [0xFF, 0xFF, 0, 0, 0, 0, 0, 0x0C]) + third.clientHello)
+        #expect {
+            _ = try third.receiveServerHello()
+        } throws: { error in
+            guard case RawSocketError.protocolFailure(.refused(let code, _)) = error else { return false }
+            return code == .rateLimited
+        }
+        #expect(server.waitForStderr { $0.contains("refused: 2 connections from 2001:db8:1:2::/64 not yet authenticated") },
+                "\(server.stderr.suffix(1000))")
+        let other = try RawClient(port: server.port, key: key)
+        try other.socket.write(header([0x20, 0x01, 0x0D, 0xB8, 0, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0x0A]))
+        try other.handshake()
+        try other.sendAcknowledged(["next /64"])
+        try other.disconnect()
+        #expect(Self.rows(server, peer: "[2001:db8:1:3::a]:61000").count == 1, "\(String(decoding: server.log, as: UTF8.self))")
+        withExtendedLifetime(idle) {}
+    }
+
     @Test func optionsAreCheckedTogether() throws {
         let alone = try Harness.run(["serve", "--proxy-protocol"])
         #expect(alone.status == 2)

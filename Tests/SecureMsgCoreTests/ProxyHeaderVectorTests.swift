@@ -150,4 +150,15 @@ import Testing
         #expect(throws: NetworkRange.ParseError.self) { try NetworkRange(parsing: "example.com") }
         #expect(throws: NetworkRange.ParseError.self) { try NetworkRange.parseList("10.0.0.0/8,") }
     }
+
+    /// What the per-source limit counts: an IPv4 address itself, an IPv6 address by its /64 (one
+    /// subscriber's block), an IPv4-mapped one as its IPv4 address.
+    @Test func sourceBlocks() {
+        #expect(ProxyIPAddress.v4(0xC000_0201).sourceBlock == "192.0.2.1")
+        #expect(ProxyIPAddress.v6(0x2001_0DB8_0001_0002, 0x0003_0004_0005_0006).sourceBlock == "2001:db8:1:2::/64")
+        #expect(ProxyIPAddress.v6(0x2001_0DB8_0001_0002, 0xFFFF_FFFF_FFFF_FFFF).sourceBlock == "2001:db8:1:2::/64")
+        #expect(ProxyIPAddress.v6(0x2001_0DB8_0001_0003, 1).sourceBlock == "2001:db8:1:3::/64")
+        #expect(ProxyIPAddress.v6(0, 0x0000_FFFF_C000_0201).sourceBlock == "192.0.2.1")
+        #expect(ProxyIPAddress.v6(0, 1).sourceBlock == "::/64")
+    }
 }
