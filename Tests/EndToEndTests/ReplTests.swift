@@ -115,6 +115,50 @@ struct ReplTerminalTests {
         #expect(String(decoding: server.log, as: UTF8.self).hasSuffix("remember me\nunrecorded\n"))
     }
 
+    /// A history file made 0644 by hand (or by an old umask) is made 0600 when the repl opens it:
+    /// it holds what was typed. Its lines are still recalled.
+    @Test func anExistingHistoryFileOthersCanReadIsMadePrivate() throws {
+        let server = try ServerProcess(arguments: ["--format", "raw"])
+        let home = server.directory.appendingPathComponent("home")
+        let stateDirectory = home.appendingPathComponent(".local/state/securemsg")
+        try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        let historyPath = stateDirectory.appendingPathComponent("history").path
+        #expect(FileManager.default.createFile(atPath: historyPath, contents: Data("typed before\n".utf8),
+                                               attributes: [.posixPermissions: 0o644]))
+        let pane = try TmuxPane(server: server, home: home, setsStateHome: false)
+        defer { pane.close() }
+        try pane.waitForPrompt()
+        let attributes = try FileManager.default.attributesOfItem(atPath: historyPath)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        pane.press("Up")
+        try pane.waitForScreen("the recalled line") { $0.contains("\(TmuxPane.prompt)typed before") }
+        pane.press("Enter")
+        try pane.waitForScreen("the acknowledgement") { acknowledgements($0) == 1 }
+        pane.press("C-d")
+        #expect(pane.waitForExit() == 0, "\(pane.screen())")
+    }
+
+    /// A FIFO where the history file belongs blocked the repl before its prompt (readline opens it
+    /// for writing and waits for a reader). It is refused with one line; the session goes on.
+    @Test func aHistoryPathThatIsNotARegularFileIsRefusedWithoutBlocking() throws {
+        let server = try ServerProcess(arguments: ["--format", "raw"])
+        let home = server.directory.appendingPathComponent("home")
+        let stateDirectory = home.appendingPathComponent(".local/state/securemsg")
+        try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        #expect(mkfifo(stateDirectory.appendingPathComponent("history").path, 0o600) == 0)
+        let pane = try TmuxPane(server: server, home: home, setsStateHome: false)
+        defer { pane.close() }
+        try pane.waitForPrompt()
+        #expect(pane.screen().contains("history not kept: cannot use \(stateDirectory.path)/history: not a regular file"),
+                "\(pane.screen())")
+        pane.type("still sent")
+        pane.press("Enter")
+        try pane.waitForScreen("the acknowledgement") { acknowledgements($0) == 1 }
+        pane.press("C-d")
+        #expect(pane.waitForExit() == 0, "\(pane.screen())")
+        #expect(server.log == Data("still sent\n".utf8))
+    }
+
     @Test(arguments: [(SIGKILL, "connection lost"), (SIGTERM, "server shutting down")])
     func serverGoingAwayIsReportedAtOnceWhileWaitingAtThePrompt(signal: Int32, expected: String) throws {
         let server = try ServerProcess(arguments: ["--format", "raw"])

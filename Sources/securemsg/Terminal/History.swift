@@ -33,13 +33,25 @@ enum LineHistory {
 }
 
 /// Where the history outlives the process. It holds plaintext messages, so only the user may
-/// read it: the directory is created 0700 and the file 0600 (readline rewrites it 0600 too).
+/// read it: the directory is created 0700 and the file 0600 (readline rewrites it 0600 too), and
+/// an existing file of the user's that others may read or write is made 0600 when it is opened.
 final class HistoryFile: Sendable {
     struct Failure: Error, CustomStringConvertible {
         let action: String
         let path: String
-        let code: Int32
-        var description: String { "cannot \(action) \(path): \(String(cString: strerror(code)))" }
+        let reason: String
+
+        init(action: String, path: String, code: Int32) {
+            self.init(action: action, path: path, reason: String(cString: strerror(code)))
+        }
+
+        init(action: String, path: String, reason: String) {
+            self.action = action
+            self.path = path
+            self.reason = reason
+        }
+
+        var description: String { "cannot \(action) \(path): \(reason)" }
     }
 
     let path: String
@@ -67,9 +79,7 @@ final class HistoryFile: Sendable {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             try Self.makeDirectories(String(path[..<slash]))
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw Failure(action: "create", path: path, code: errno) }
-        close(fd)
+        try Self.createPrivateRegularFile(path)
         try check(history_truncate_file(path, Int32(clamping: capacity)), "trim")
         clear_history()
         LineHistory.limit(to: capacity)
@@ -86,6 +96,24 @@ final class HistoryFile: Sendable {
     /// readline's history functions return 0 or an errno value.
     private func check(_ result: Int32, _ action: String) throws(Failure) {
         guard result == 0 else { throw Failure(action: action, path: path, code: result) }
+    }
+
+    /// Creates `path` 0600 if missing. Refuses anything but a regular file: readline would block
+    /// on a FIFO and read /dev/zero without end. An existing file of ours that group or others may
+    /// use is made 0600: it holds what was typed, and readline keeps the mode until it trims.
+    /// O_RDWR | O_NONBLOCK opens a FIFO without waiting for its other end, so fstat can tell.
+    private static func createPrivateRegularFile(_ path: String) throws(Failure) {
+        let fd = open(path, O_RDWR | O_CREAT | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Failure(action: "create", path: path, code: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw Failure(action: "read", path: path, code: errno) }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw Failure(action: "use", path: path, reason: "not a regular file")
+        }
+        if info.st_uid == geteuid(), info.st_mode & 0o077 != 0, fchmod(fd, 0o600) != 0 {
+            throw Failure(action: "make private", path: path, code: errno)
+        }
     }
 
     /// `mkdir -p` with mode 0700 for every directory it creates; existing ones are left alone.
