@@ -27,6 +27,17 @@ public enum PathName {
         return String(decoding: bytes[(last + 1)...], as: UTF8.self)
     }
 
+    /// `relative` inside `directory`, with one slash between: "/" + "a/k" → "/a/k", "/x/" + "a/k" → "/x/a/k".
+    /// For directories named by the environment (HOME=/, XDG_CONFIG_HOME=/x/), so a path in a
+    /// message reads as the user would write it, not "//a/k".
+    public static func joined(_ directory: String, _ relative: String) -> String {
+        var bytes = Array(directory.utf8)
+        guard !bytes.isEmpty else { return relative }
+        dropTrailingSlashes(&bytes)
+        if bytes.last != slash { bytes.append(slash) }
+        return String(decoding: bytes, as: UTF8.self) + relative
+    }
+
     private static let slash = UInt8(ascii: "/")
 
     /// Drops the slashes at the end, keeping one if the path is nothing but slashes.

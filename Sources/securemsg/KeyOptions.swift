@@ -26,7 +26,7 @@ struct KeyOptions: ParsableArguments {
             guard xdg.hasPrefix("/") else {
                 throw CommandFailure(message: "XDG_CONFIG_HOME is not an absolute path\(hint)", exitCode: 2)
             }
-            return xdg + "/securemsg/key"
+            return PathName.joined(xdg, "securemsg/key")
         }
         guard let home = environment["HOME"], !home.isEmpty else {
             throw CommandFailure(message: "HOME is not set, so there is no default key\(hint)", exitCode: 2)
@@ -34,13 +34,13 @@ struct KeyOptions: ParsableArguments {
         guard home.hasPrefix("/") else {
             throw CommandFailure(message: "HOME is not an absolute path, so there is no default key\(hint)", exitCode: 2)
         }
-        return home + "/.config/securemsg/key"
+        return PathName.joined(home, ".config/securemsg/key")
     }
 
     /// `$CREDENTIALS_DIRECTORY/NAME` when systemd passed that credential.
     static func credentialPath(_ name: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
         guard let directory = environment["CREDENTIALS_DIRECTORY"], directory.hasPrefix("/") else { return nil }
-        let path = directory + "/" + name
+        let path = PathName.joined(directory, name)
         return access(path, F_OK) == 0 ? path : nil
     }
 

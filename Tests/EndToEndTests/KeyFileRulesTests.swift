@@ -111,6 +111,22 @@ func runWithStandardOutput(file: String, _ arguments: [String]) throws -> (statu
         #expect(FileManager.default.fileExists(atPath: "/.config/securemsg/key") == rootKeyExisted)
     }
 
+    /// A directory variable ending in "/" (XDG_CONFIG_HOME=/x/, HOME=/) names the default key as a
+    /// user writes it: "/x/securemsg/key", "/.config/securemsg/key"; it said "/x//securemsg/key".
+    @Test func theDefaultKeyPathHasNoDoubleSlash() throws {
+        let directory = Harness.temporaryDirectory()
+        let cases: [([String: String?], String)] = [
+            (["XDG_CONFIG_HOME": directory.path + "/"], directory.path + "/securemsg/key"),
+            (["XDG_CONFIG_HOME": directory.path + "//"], directory.path + "/securemsg/key"),
+            (["HOME": directory.path + "/"], directory.path + "/.config/securemsg/key"),
+        ]
+        for (changes, path) in cases {
+            let result = try Harness.run(["send", "--port", "1"], stdin: Data(), environment: keyEnvironment(changes), timeout: 30)
+            #expect(result.status == 2, "\(result.stderr)")
+            #expect(result.stderr.hasSuffix(" " + path + "\n"), "\(changes): \(result.stderr)")
+        }
+    }
+
     @Test func keygenToALooseRegularFileStdoutWritesNothingAndSaysWhatToDo() throws {
         let directory = Harness.temporaryDirectory()
         let loose = directory.appendingPathComponent("loose").path

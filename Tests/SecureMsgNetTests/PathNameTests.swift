@@ -15,4 +15,11 @@ import Testing
         #expect(PathName.directory(of: path) == directory)
         #expect(PathName.base(of: path) == base)
     }
+
+    @Test(arguments: [
+        ("/", "/k"), ("//", "/k"), ("/x", "/x/k"), ("/x/", "/x/k"), ("/x//", "/x/k"), ("x", "x/k"), ("", "k"),
+    ])
+    func joinedPutsOneSlashBetween(directory: String, expected: String) {
+        #expect(PathName.joined(directory, "k") == expected)
+    }
 }
