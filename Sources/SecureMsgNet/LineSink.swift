@@ -43,6 +43,25 @@ public protocol LineStore: AnyObject, Sendable {
     func store(_ lines: StoredLines, completion: @escaping @Sendable (Bool) -> Void)
     /// Gives up on what is not stored yet (their completions report `false`) and disconnects.
     func close()
+    /// Counters of the store's own for serve --metrics, read at scrape time.
+    var metricCounters: [MetricCounter] { get }
+}
+
+extension LineStore {
+    public var metricCounters: [MetricCounter] { [] }
+}
+
+/// One counter series of /metrics: `securemsg_NAME VALUE`, with its HELP text.
+public struct MetricCounter: Sendable, Equatable {
+    public let name: String
+    public let help: String
+    public let value: Int
+
+    public init(name: String, help: String, value: Int) {
+        self.name = name
+        self.help = help
+        self.value = value
+    }
 }
 
 /// Where received lines go — the one seam between sessions and durability: the file log and stdout

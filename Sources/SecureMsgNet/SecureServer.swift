@@ -189,7 +189,8 @@ public final class SecureServer: Sendable {
 
     /// The --metrics exposition text, with the gauges read now.
     public func renderMetrics() -> String {
-        shared.configuration.metrics?.render(openSessions: shared.registry.count, writerQueueDepth: shared.writer.queueDepth) ?? ""
+        shared.configuration.metrics?.render(openSessions: shared.registry.count, writerQueueDepth: shared.writer.queueDepth,
+                                             storeCounters: shared.configuration.lineStore?.metricCounters ?? []) ?? ""
     }
 
     /// Where serve listens, as it prints it (`127.0.0.1:5050`, `[::1]:5050`).

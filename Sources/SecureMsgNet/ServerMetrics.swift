@@ -56,7 +56,7 @@ public final class ServerMetrics: Sendable {
     func synced(seconds: Double) { state.withLock { $0.fsyncLatency.observe(seconds) } }
 
     /// The exposition text; gauges are read by the caller at scrape time.
-    public func render(openSessions: Int, writerQueueDepth: Int) -> String {
+    public func render(openSessions: Int, writerQueueDepth: Int, storeCounters: [MetricCounter] = []) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, String)]) {
@@ -81,6 +81,7 @@ public final class ServerMetrics: Sendable {
         metric("backpressure_stalls_total", "counter", "Times serve stopped reading from a client until the log writer caught up.",
                [("", "\(s.backpressureStalls)")])
         metric("writer_queue_depth", "gauge", "Records waiting for the log writer thread.", [("", "\(writerQueueDepth)")])
+        for counter in storeCounters { metric(counter.name, "counter", counter.help, [("", "\(counter.value)")]) }
         histogram("ack_latency_seconds", "From a frame's arrival to its acknowledgement (logged, synced per --sync).", s.ackLatency)
         histogram("fsync_latency_seconds", "fdatasync of the log file.", s.fsyncLatency)
         return out

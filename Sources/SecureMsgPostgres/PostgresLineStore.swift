@@ -40,6 +40,13 @@ public final class PostgresLineStore: LineStore, @unchecked Sendable {
     /// Batches that COPY could not take and the ON CONFLICT statement stored (lines already there).
     public var statementFallbacks: Int { fallbacks.value.load(ordering: .relaxed) }
 
+    /// For serve --metrics: many fallbacks mean clients resend what the database already holds.
+    public var metricCounters: [MetricCounter] {
+        [MetricCounter(name: "database_statement_fallbacks_total",
+                       help: "Batches COPY refused (some lines stored already: a resend) that the ON CONFLICT statement stored.",
+                       value: statementFallbacks)]
+    }
+
     /// Connects, creates or migrates the tables (`PostgresSchema`) and starts the writers. Throws (with
     /// a message that never holds the password) when the database cannot be reached or set up: serve then
     /// refuses to start, as it does for a log file it cannot open.

@@ -61,6 +61,39 @@ import Testing
         #expect(try pg.psql(db, "SELECT version FROM securemsg_schema").output == "1\n")
     }
 
+    /// Lines the database holds already but the client resends (the database answered an older offset):
+    /// COPY refuses the batch, the ON CONFLICT statement stores the rest once, and /metrics counts it.
+    /// The rows are put there by hand for the spool's stream, with no streams row (resume offset 0).
+    @Test func aResentBatchIsStoredOnceAndCountedInMetrics() throws {
+        let pg = try Self.postgres()
+        let db = try pg.createDatabase()
+        let node = try DatabaseNode(pg: pg, database: db, extraArguments: ["--metrics", "127.0.0.1:0"])
+        defer { node.kill9() }
+        let spool = node.directory.appendingPathComponent("spool").path
+        // No server on port 1: the spool (and its stream id) is created, nothing is sent.
+        _ = try Harness.run(["send", "--port", "1", "--key-file", node.keyPath, "--spool", spool], stdin: Data())
+        let streamFile = try String(contentsOfFile: spool + "/stream", encoding: .utf8)
+        let stream = try #require(streamFile.split(separator: "\n").last.map(String.init))
+        #expect(stream.count == 32, "\(streamFile)")
+        let inserted = try pg.psql(db, """
+            INSERT INTO securemsg_lines SELECT '', decode('\(stream)', 'hex'), n, now(), 'by hand', 0,
+                convert_to('r' || n, 'UTF8'), 'r' || n FROM generate_series(0, 2) AS n
+            """)
+        #expect(inserted.status == 0, "\(inserted.output)")
+
+        let input = Data((0..<5).map { "r\($0)\n" }.joined().utf8)
+        let result = try Harness.run(["send", "--port", "\(node.port)", "--key-file", node.keyPath, "--spool", spool], stdin: input)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try Self.shape(pg, db) == "5|1|0|4|5")
+        #expect(try Self.storedText(pg, db) == input)
+        #expect(try pg.psql(db, "SELECT count(*) FROM securemsg_lines WHERE peer = 'by hand'").output == "3\n")
+
+        let port = try #require(node.allStderr.firstMatch(of: /metrics on http:\/\/127\.0\.0\.1:(\d+)\/metrics/)).1
+        let (status, body) = try httpGet(port: Int(port)!, path: "/metrics")
+        #expect(status == 200)
+        #expect(body.contains("# TYPE securemsg_database_statement_fallbacks_total counter\nsecuremsg_database_statement_fallbacks_total 1\n"), "\(body)")
+    }
+
     /// send --retry while serve is kill -9'd at random moments and started again (same database):
     /// every line stored once, no gap, in order; send exits 0.
     @Test func serveKilledMidStreamStoresEveryLineOnce() throws {
