@@ -4,6 +4,7 @@ import SecureMsgCore
 
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "keygen",
         abstract: "Make a new 32-byte key file (mode 0600).",
         discussion: """
             Copy the file to each client (scp, a secrets manager); never paste a key on a command line. \

@@ -24,6 +24,7 @@ struct KeyringCommand: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "add",
             abstract: "Make a key for a new identity: add it to the keyring and write the client's key file.",
             discussion: "Prints `FINGERPRINT  IDENTITY` on stdout. Give OUTPUT to that client only (send --key-file OUTPUT).")
 
@@ -60,6 +61,7 @@ struct KeyringCommand: ParsableCommand {
 
     struct Remove: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "remove",
             abstract: "Remove an identity from the keyring (SIGHUP serve to end its open sessions).")
 
         @Argument(help: "The identity to remove.") var name: String
@@ -81,6 +83,7 @@ struct KeyringCommand: ParsableCommand {
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "list",
             abstract: "List the keyring's identities with their key fingerprints (never the keys).",
             discussion: "One line per identity, in file order: `FINGERPRINT  IDENTITY`.")
 
@@ -139,6 +142,7 @@ struct KeyringCommand: ParsableCommand {
 /// `securemsg fingerprint [FILE]`: fingerprints to compare keys without showing them.
 struct Fingerprint: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "fingerprint",
         abstract: "Print a key's fingerprint (or each keyring entry's), to compare keys without showing them.",
         discussion: """
             The fingerprint is the first 16 bytes of HMAC-SHA256(key, "securemsg key fingerprint v1") in hex, \

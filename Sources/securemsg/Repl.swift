@@ -4,6 +4,7 @@ import SecureMsgNet
 
 struct Repl: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "repl",
         abstract: "Interactive client: type lines, see each acknowledgement.",
         discussion: """
             On a terminal: a readline prompt with line editing and history \

@@ -5,6 +5,7 @@ import SecureMsgNet
 
 struct Send: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "send",
         abstract: "Send each line of stdin or files as an encrypted message; exit 0 once all are acknowledged.",
         discussion: """
             Lines end at LF (a CR before it is dropped); a last line without LF is sent too. Every line is \

@@ -10,6 +10,7 @@ extension SyncPolicy: ExpressibleByArgument {}
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract: "Receive encrypted lines: print them, append them to a log, acknowledge them.",
         discussion: """
             Prints `listening on HOST:PORT` to stderr once bound. SIGINT/SIGTERM: stop accepting, \
